@@ -1,0 +1,156 @@
+"""The ``cohort`` command: ingest, info, run, demo."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import InputError
+
+
+def _cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run on an existing Dask cluster instead of a local one")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="number of local worker processes (default: one per core)")
+    p.add_argument("--threads", action="store_true",
+                   help="one local worker with a thread per core instead of processes")
+
+
+def cmd_ingest(a) -> None:
+    from engine.store import ingest
+
+    out = ingest(a.matrix, a.samples, a.output, genes=a.genes, scale=a.scale,
+                 chunk_genes=a.chunk_genes, drop_unmatched=a.drop_unmatched,
+                 overwrite=a.overwrite)
+    _print_info(out, brief=True)
+
+
+def _value_counts(values: np.ndarray) -> str:
+    if values.dtype.kind == "f":
+        ok = values[~np.isnan(values)]
+        if not len(ok):
+            return f"numeric, all {len(values)} missing"
+        return (f"numeric: n={len(ok)}, missing={len(values) - len(ok)}, min={ok.min():.4g}, "
+                f"median={np.median(ok):.4g}, max={ok.max():.4g}")
+    counts = pd.Series(values.astype(str)).replace("", "<missing>").value_counts()
+    shown = ", ".join(f"{k} {v}" for k, v in counts.head(8).items())
+    return shown + (f", ... ({len(counts)} distinct)" if len(counts) > 8 else "")
+
+
+def _print_info(path, brief: bool = False) -> None:
+    from engine.store import open_cohort
+
+    ds = open_cohort(path)
+    expr = ds["expression"]
+    chunks = expr.chunks[0]
+    print(f"cohort {path}")
+    print(f"  expression: {ds.sizes['gene']} genes x {ds.sizes['sample']} samples, {expr.dtype}, "
+          f"scale {expr.attrs['scale']}")
+    print(f"  chunks: {len(chunks)} along gene of {max(chunks)} genes x all samples "
+          f"({max(chunks) * ds.sizes['sample'] * 4 / 2**20:.1f} MiB each)")
+    if brief:
+        return
+    for dim in ("sample", "gene"):
+        names = [n for n, v in ds.data_vars.items() if v.dims == (dim,)]
+        print(f"  {dim} annotations ({len(names)}):")
+        for name in names:
+            print(f"    {name}: {_value_counts(np.asarray(ds[name].values))}")
+    print(f"  ingested {ds.attrs['ingested_at']} by cohort-engine {ds.attrs['engine_version']}")
+    for src in ds.attrs["sources"]:
+        print(f"    {src['role']}: {src['path']} ({src['bytes']} bytes, sha256 {src['sha256']})")
+    opts = ds.attrs["ingest_options"]
+    for key in ("dropped_matrix_samples", "dropped_sheet_samples"):
+        if opts.get(key):
+            print(f"    {key.replace('_', ' ')}: {', '.join(opts[key])}")
+
+
+def cmd_info(a) -> None:
+    _print_info(a.store)
+
+
+def _run(job_path: Path, a) -> Path:
+    from engine.cluster import dask_client
+    from engine.jobs import load_job, run_job
+
+    job = load_job(job_path)
+    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads) as client:
+        out = run_job(job, client, job_file=job_path, show_progress=True)
+    print(f"results: {out}  (tables *.tsv/*.parquet, results.zarr, provenance.json)")
+    print(f"report:  {out / 'report.html'}")
+    return out
+
+
+def cmd_run(a) -> None:
+    _run(Path(a.job), a)
+
+
+def cmd_demo(a) -> None:
+    from engine.datasets import demo_job, ingest_all
+
+    root = Path(a.output).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"ingesting the bundled ALL cohort into {root / 'all.zarr'}")
+    ingest_all(root / "all.zarr", overwrite=True)
+    job_path = root / "demo.yaml"
+    shutil.copyfile(demo_job(), job_path)
+    out = _run(job_path, a)
+    for table in sorted(out.glob("*.tsv")):
+        top = pd.read_csv(table, sep="\t", nrows=5, keep_default_na=False, na_values=["NA"])
+        print(f"\n{table.stem}: top genes")
+        print(top[["gene", "symbol", "effect", "statistic", "p_value", "p_adj"]]
+              .to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine import __version__
+
+    parser = argparse.ArgumentParser(prog="cohort", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cohort-engine {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="write a cohort store from a matrix and a sample sheet")
+    p.add_argument("matrix", help="TSV/CSV (.gz/.bz2/.xz), GCT 1.2 or Parquet; genes x samples")
+    p.add_argument("--samples", required=True, help="sample sheet TSV/CSV; first column = sample ID")
+    p.add_argument("--genes", help="gene table TSV/CSV; first column = gene ID (e.g. symbol)")
+    p.add_argument("--scale", default="log2", choices=["log2", "linear", "counts"])
+    p.add_argument("--chunk-genes", type=int, metavar="N", help="genes per chunk (default ~96 MB)")
+    p.add_argument("--drop-unmatched", action="store_true",
+                   help="drop samples found only in the matrix or only in the sheet")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("-o", "--output", required=True, help="store path (STORE.zarr)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("info", help="describe a cohort store")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("run", help="run a job file on Dask")
+    p.add_argument("job", help="job YAML (see schemas/job.schema.json)")
+    _cluster_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="ingest the bundled ALL cohort and run jobs/demo.yaml on it")
+    p.add_argument("-o", "--output", default="cohort-demo", help="demo folder (default ./cohort-demo)")
+    _cluster_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Connect to Dask: an embedded LocalCluster by default, or an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+import dask
+from distributed import Client, LocalCluster
+
+
+def describe(client: Client) -> dict:
+    """What the job ran on, for provenance: scheduler address, workers, threads, memory."""
+    info = client.scheduler_info(n_workers=-1)
+    workers = info.get("workers", {})
+    return {
+        "scheduler": client.scheduler.address,
+        "dashboard": client.dashboard_link,
+        "workers": len(workers),
+        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+        "memory_limit_bytes": sum(w.get("memory_limit", 0) or 0 for w in workers.values()),
+    }
+
+
+@contextlib.contextmanager
+def dask_client(
+    scheduler: str | None = None,
+    *,
+    workers: int | None = None,
+    processes: bool = True,
+    quiet: bool = False,
+) -> Iterator[Client]:
+    """A ``distributed.Client`` for the duration of the block; prints the dashboard link.
+
+    ``scheduler`` (``tcp://HOST:PORT``) joins a running cluster; otherwise a LocalCluster is
+    started with ``workers`` workers (default: one per core) whose dashboard listens on
+    127.0.0.1 only, and is shut down afterwards.
+    """
+    if scheduler:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        cores = os.cpu_count() or 1
+        n = workers or (cores if processes else 1)
+        threads = max(1, cores // n) if processes else cores
+        with dask.config.set({"distributed.worker.daemon": False}):
+            cluster = LocalCluster(
+                n_workers=n, threads_per_worker=threads, processes=processes,
+                host="127.0.0.1", dashboard_address="127.0.0.1:8787", silence_logs=logging.ERROR,
+            )
+        client = Client(cluster)
+    if not quiet:
+        print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,127 @@
+"""Plan a job into one lazy Dask graph, compute it once into ``results.zarr``, write tables.
+
+``plan_job`` builds lazy result Datasets and computes nothing. ``run_job`` computes every
+analysis in one ``client.compute`` call (shared reads are read once), writes the arrays
+straight to Zarr, then derives the tables, report and provenance from what was written.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import xarray as xr
+import zarr
+from distributed import Client, progress
+
+from engine.cluster import describe
+from engine.errors import InputError
+from engine.fsutil import atomic_directory, sha256_file
+from engine.jobs.spec import Job
+from engine.report import render_report
+from engine.results import gene_annotations, result_table, write_table
+from engine.stats.per_gene import two_group_test
+from engine.store import open_cohort
+
+DEPENDENCIES = ["dask", "distributed", "xarray", "zarr", "numpy", "scipy", "statsmodels",
+                "pandas", "pyarrow", "pydantic", "bottleneck", "bokeh", "PyYAML"]
+
+
+def plan_job(job: Job, cohort: xr.Dataset | None = None) -> dict[str, xr.Dataset]:
+    """Lazy result Dataset of every analysis, by name. Validates labels; computes nothing."""
+    cohort = open_cohort(job.cohort) if cohort is None else cohort
+    planned = {}
+    for a in job.analyses:
+        if a.variable not in cohort or cohort[a.variable].dims != ("gene", "sample"):
+            raise InputError(f"analysis {a.name!r}: variable {a.variable!r} is not a "
+                             "(gene, sample) variable of the cohort")
+        try:
+            planned[a.name] = two_group_test(cohort, test=a.test, group=a.group, case=a.case,
+                                             control=a.control, pair_by=a.pair_by,
+                                             variable=a.variable)
+        except InputError as e:
+            raise InputError(f"analysis {a.name!r}: {e}") from None
+    return planned
+
+
+def _check_output(output: Path) -> None:
+    """Re-running a job replaces its own earlier results, never an unrelated directory."""
+    if output.exists() and any(output.iterdir()) and not (output / "provenance.json").exists():
+        raise InputError(f"output {output} exists and is not a results directory of an earlier "
+                         "run (no provenance.json); choose another output path")
+
+
+def _versions() -> dict:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in DEPENDENCIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _inputs(job: Job, job_file: Path | None, cohort: xr.Dataset) -> dict:
+    """Fingerprints: the job file, the store's metadata, and the files the store was made from."""
+    inputs = {"cohort": str(job.cohort),
+              "cohort_metadata_sha256": sha256_file(job.cohort / "zarr.json"),
+              "cohort_sources": cohort.attrs.get("sources", [])}
+    if job_file is not None:
+        inputs["job_file"] = str(Path(job_file).absolute())
+        inputs["job_file_sha256"] = sha256_file(job_file)
+    return inputs
+
+
+def run_job(job: Job, client: Client, *, job_file: Path | None = None,
+            show_progress: bool = False) -> Path:
+    """Run ``job`` on ``client``; return the results directory. See README: Results."""
+    from engine import __version__
+
+    started = datetime.datetime.now(datetime.UTC)
+    t0 = time.perf_counter()
+    cohort = open_cohort(job.cohort)
+    planned = plan_job(job, cohort)
+    _check_output(job.output)
+    with atomic_directory(job.output, overwrite=True) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        store = tmp / "results.zarr"
+        zarr.open_group(store, mode="w", zarr_format=3).attrs["job"] = job.model_dump(mode="json")
+        writes = [result.to_zarr(store, group=name, mode="w", zarr_format=3, compute=False,
+                                 consolidated=False) for name, result in planned.items()]
+        futures = client.compute(writes)
+        if show_progress:
+            progress(futures)
+            print(file=sys.stderr)
+        client.gather(futures)
+        zarr.consolidate_metadata(store)
+
+        annotations = gene_annotations(cohort)
+        tables = {}
+        for name in planned:
+            written = xr.open_zarr(store, group=name, consolidated=False).load()
+            tables[name] = result_table(written, annotations)
+            write_table(tables[name], tmp, name)
+        provenance = {
+            "engine_version": __version__,
+            "versions": _versions(),
+            "job": job.model_dump(mode="json"),
+            "seed": job.seed,
+            "inputs": _inputs(job, job_file, cohort),
+            "started_at": started.isoformat(timespec="seconds"),
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+            "cluster": describe(client),
+            "command": sys.argv,
+        }
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        cohort_info = {"path": str(job.cohort), "genes": cohort.sizes["gene"],
+                       "samples": cohort.sizes["sample"],
+                       "scale": cohort["expression"].attrs.get("scale", "?")}
+        (tmp / "report.html").write_text(render_report(provenance["job"], cohort_info, tables,
+                                                       provenance))
+    return job.output

@@ -1,0 +1,49 @@
+"""``report.html``: a self-contained page summarising a job's results for a reader."""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+
+TOP = 20
+
+
+def _analysis_section(name: str, spec: dict, table: pd.DataFrame) -> str:
+    tested = int(table["p_value"].notna().sum())
+    counts = {t: int((table["p_adj"] < t).sum()) for t in (0.05, 0.01)}
+    pairs = f", paired by {spec['pair_by']}" if spec.get("pair_by") else ""
+    n_case = int(table["n_case"].max()) if len(table) else 0
+    n_control = int(table["n_control"].max()) if len(table) else 0
+    head = table.head(TOP)
+    return (
+        f"<h2>{html.escape(name)}</h2>"
+        f"<p>{html.escape(spec['test'])} test of <b>{html.escape(str(spec['case']))}</b> "
+        f"(n = {n_case}) vs <b>{html.escape(str(spec['control']))}</b> (n = {n_control}) by "
+        f"<code>{html.escape(spec['group'])}</code>{html.escape(pairs)}. "
+        f"{tested} of {len(table)} genes tested; {counts[0.05]} with BH-adjusted p &lt; 0.05, "
+        f"{counts[0.01]} with p &lt; 0.01. Full table: <code>{html.escape(name)}.tsv</code>.</p>"
+        + head.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="NA",
+                       classes="top", border=0)
+    )
+
+
+def render_report(job: dict, cohort: dict, tables: dict[str, pd.DataFrame], provenance: dict) -> str:
+    """The page: the job, the cohort, each analysis with its top genes, and provenance."""
+    specs = {a["name"]: a for a in job["analyses"]}
+    sections = "".join(_analysis_section(n, specs[n], t) for n, t in tables.items())
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>cohort-engine report</title>
+<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto;color:#222}}
+table.top{{border-collapse:collapse;font-size:90%}} table.top td,table.top th{{padding:2px 8px;
+text-align:right}} table.top tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
+<h1>cohort-engine report</h1>
+<p>Cohort <code>{html.escape(cohort['path'])}</code>: {cohort['genes']} genes x {cohort['samples']}
+samples, scale {html.escape(cohort['scale'])}. Seed {job['seed']}. Wall time
+{provenance['wall_time_s']:.1f} s on {provenance['cluster']['workers']} workers
+({provenance['cluster']['threads']} threads). Engine {html.escape(provenance['engine_version'])}.
+Top {TOP} genes per analysis by p-value.</p>
+{sections}
+<h2>Provenance</h2><pre>{html.escape(pd.Series(provenance['inputs']).to_string())}</pre>
+</body></html>
+"""

@@ -1,0 +1,41 @@
+"""Open a cohort store lazily and describe it."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from engine.errors import InputError
+from engine.store.contract import check_cohort
+
+
+def _plain(var: xr.Variable) -> xr.Variable:
+    if isinstance(var.dtype, np.dtypes.StringDType):
+        return var.copy(data=np.asarray(var.values).astype(object))
+    return var
+
+
+def open_cohort(path: str | Path) -> xr.Dataset:
+    """The cohort at ``path`` as a lazy ``xarray.Dataset``.
+
+    ``expression`` (gene, sample) stays a Dask array chunked along genes; the 1-D gene and
+    sample annotations are small and are loaded into memory, so they can be used for
+    grouping at once. The store is checked against the cohort-store contract.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise InputError(f"{path} is not a cohort store (create one with `cohort ingest`)")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        ds = xr.open_zarr(path, consolidated=True, zarr_format=3)
+    # Zarr 3 gives strings back as numpy StringDType; plain object arrays are what pandas and
+    # the rest of the engine expect, and the 1-D annotations are small, so load them now.
+    loaded = {name: _plain(var.load()) for name, var in ds.variables.items() if var.ndim == 1}
+    ds = ds.assign_coords({n: v for n, v in loaded.items() if n in ds.dims})
+    ds = ds.assign({n: v for n, v in loaded.items() if n not in ds.dims})
+    ds.encoding["source"] = str(path.absolute())
+    check_cohort(ds)
+    return ds
