@@ -40,22 +40,27 @@ def dask_client(
     127.0.0.1 only, and is shut down afterwards.
     """
     if scheduler:
-        client = Client(scheduler)
-        cluster = None
+        client, cluster, config = Client(scheduler), None, {}
     else:
         cores = os.cpu_count() or 1
         n = workers or (cores if processes else 1)
         threads = max(1, cores // n) if processes else cores
+        # threads use in-process comms; worker processes listen on loopback only
+        network = {"host": "127.0.0.1"} if processes else {}
         with dask.config.set({"distributed.worker.daemon": False}):
             cluster = LocalCluster(
                 n_workers=n, threads_per_worker=threads, processes=processes,
-                host="127.0.0.1", dashboard_address="127.0.0.1:8787", silence_logs=logging.ERROR,
+                dashboard_address="127.0.0.1:8787", worker_dashboard_address="127.0.0.1:0",
+                silence_logs=logging.ERROR, **network,
             )
         client = Client(cluster)
-    if not quiet:
-        print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+        # the default link names the machine's address although the server is on loopback
+        config = {"distributed.dashboard.link": "http://127.0.0.1:{port}/status"}
     try:
-        yield client
+        with dask.config.set(config):
+            if not quiet:
+                print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr, flush=True)
+            yield client
     finally:
         client.close()
         if cluster is not None:

@@ -57,6 +57,17 @@ def _check_output(output: Path) -> None:
                          "run (no provenance.json); choose another output path")
 
 
+def _wait_until_idle(client: Client, timeout: float = 60.0) -> None:
+    """After a failure, let tasks already running finish, so none writes into the temporary
+    output after it is removed (cancelling a future does not stop a running task)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = client.run(lambda dask_worker: dask_worker.state.executing_count)
+        if not any(busy.values()):
+            return
+        time.sleep(0.05)
+
+
 def _versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in DEPENDENCIES:
@@ -95,10 +106,15 @@ def run_job(job: Job, client: Client, *, job_file: Path | None = None,
         writes = [result.to_zarr(store, group=name, mode="w", zarr_format=3, compute=False,
                                  consolidated=False) for name, result in planned.items()]
         futures = client.compute(writes)
-        if show_progress:
-            progress(futures)
-            print(file=sys.stderr)
-        client.gather(futures)
+        try:
+            if show_progress:
+                progress(futures)
+                print(file=sys.stderr)
+            client.gather(futures)
+        except BaseException:
+            client.cancel(futures)
+            _wait_until_idle(client)
+            raise
         zarr.consolidate_metadata(store)
 
         annotations = gene_annotations(cohort)

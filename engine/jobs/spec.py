@@ -1,6 +1,6 @@
 """The job file: a pydantic model, its loader, and its JSON Schema.
 
-``schemas/job.schema.json`` is generated from these models (``python -m engine.jobs.spec``);
+``schemas/job.schema.json`` is generated from these models (``python schemas/generate.py``);
 a test fails when the committed schema and the models drift apart.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import InputError
 
@@ -37,6 +37,14 @@ class TwoGroupAnalysis(Strict):
         default=None, description="sample annotation matching each case sample to its control "
                                   "(required for paired_t and wilcoxon_signed_rank)")
     variable: str = Field(default="expression", description="the (gene, sample) variable to test")
+
+    @field_validator("case", "control", mode="before")
+    @classmethod
+    def _not_boolean(cls, value):
+        if isinstance(value, bool):
+            raise ValueError(f"YAML read this label as the boolean {value}; quote it "
+                             f"(e.g. case: \"TRUE\") to match the annotation's text")
+        return value
 
     @model_validator(mode="after")
     def _pairing(self):
@@ -71,8 +79,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
     for e in error.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key (check its spelling; allowed keys are in "
-                         "schemas/job.schema.json)")
+            model = TwoGroupAnalysis if e["loc"][0] == "analyses" else Job
+            lines.append(f"{where}: unknown key (allowed here: {', '.join(model.model_fields)})")
         elif e["type"] == "missing":
             lines.append(f"{where}: required key is missing")
         else:
@@ -104,7 +112,3 @@ def job_json_schema() -> str:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cohort-engine job"
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
-
-
-if __name__ == "__main__":
-    print(job_json_schema(), end="")

@@ -115,13 +115,15 @@ def two_group_test(ds: xr.Dataset, *, test: str, group: str, case, control,
     x = x.rechunk({1: -1})  # a no-op for stores that follow the contract (genes-only chunks)
     stacked = x.map_blocks(
         _block_kernel, kernel=TESTS[test], case=design.case, control=design.control,
-        dtype=np.float64, chunks=(x.chunks[0], (len(RESULT_FIELDS),)),
+        dtype=np.float64, meta=np.empty((0, 0), np.float64),  # no kernel call to infer meta
+        chunks=(x.chunks[0], (len(RESULT_FIELDS),)),
         name=f"{PREFIX[test]}-{variable}",
     )
     prefix = PREFIX[test]
     out = {f: stacked[:, i] for i, f in enumerate(RESULT_FIELDS)}
     p = out["p_value"]
-    out["p_adj"] = p.rechunk(-1).map_blocks(benjamini_hochberg, dtype=np.float64).rechunk(p.chunks)
+    out["p_adj"] = p.rechunk(-1).map_blocks(benjamini_hochberg, dtype=np.float64,
+                                            meta=np.empty((0,), np.float64)).rechunk(p.chunks)
     order = ["effect", "statistic", "df", "p_value", "p_adj", "n_case", "n_control"]
     attrs = {"test": test, "group": group, "case": str(case), "control": str(control)}
     if pair_by is not None:

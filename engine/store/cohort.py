@@ -30,12 +30,16 @@ def open_cohort(path: str | Path) -> xr.Dataset:
         raise InputError(f"{path} is not a cohort store (create one with `cohort ingest`)")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        ds = xr.open_zarr(path, consolidated=True, zarr_format=3)
-    # Zarr 3 gives strings back as numpy StringDType; plain object arrays are what pandas and
-    # the rest of the engine expect, and the 1-D annotations are small, so load them now.
+        ds = xr.open_zarr(path, consolidated=True, zarr_format=3, chunks=None)
+    # The 1-D annotations are small: read them now, without Dask, so they can be used for
+    # grouping at once (Zarr 3 returns strings as StringDType; object arrays are what pandas and
+    # the engine expect). The (gene, sample) arrays become Dask arrays with the on-disk chunks.
     loaded = {name: _plain(var.load()) for name, var in ds.variables.items() if var.ndim == 1}
     ds = ds.assign_coords({n: v for n, v in loaded.items() if n in ds.dims})
     ds = ds.assign({n: v for n, v in loaded.items() if n not in ds.dims})
+    for name, var in ds.data_vars.items():
+        if var.ndim == 2:
+            ds[name] = var.chunk(dict(zip(var.dims, var.encoding["chunks"])))
     ds.encoding["source"] = str(path.absolute())
     check_cohort(ds)
     return ds

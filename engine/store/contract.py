@@ -1,7 +1,7 @@
 """The cohort-store contract: what every store written by ``cohort ingest`` holds.
 
 ``COHORT_STORE`` is the machine-readable contract; ``schemas/cohort-store.json`` is generated
-from it (``python -m engine.store.contract``) and a test fails when the two drift apart.
+from it (``python schemas/generate.py``) and a test fails when the two drift apart.
 ``check_cohort`` validates an opened store against it.
 """
 
@@ -102,7 +102,3 @@ def check_cohort(ds: xr.Dataset) -> None:
 
 def contract_json() -> str:
     return json.dumps(COHORT_STORE, indent=2) + "\n"
-
-
-if __name__ == "__main__":
-    print(contract_json(), end="")

@@ -1,0 +1,179 @@
+"""Job files: validation, lazy planning, and a full run with its outputs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+from distributed import Client
+
+from engine.errors import InputError
+from engine.jobs import load_job, plan_job, run_job
+from engine.store import ingest
+
+ANALYSES = """
+analyses:
+  - name: welch
+    test: welch
+    group: group
+    case: case
+    control: control
+  - name: paired
+    test: paired_t
+    group: group
+    case: case
+    control: control
+    pair_by: patient
+"""
+
+
+@pytest.fixture
+def job_dir(tmp_path, cohort_files):
+    ingest(cohort_files["matrix"], cohort_files["samples"], tmp_path / "c.zarr",
+           genes=cohort_files["genes"], chunk_genes=16)
+    return tmp_path
+
+
+def write_job(directory, body: str, name="job.yaml"):
+    path = directory / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture(scope="module")
+def client():
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+        yield c
+
+
+def test_relative_paths_are_relative_to_the_job_file(job_dir):
+    job = load_job(write_job(job_dir, "cohort: c.zarr\noutput: out\n" + ANALYSES))
+    assert job.cohort == job_dir / "c.zarr" and job.output == job_dir / "out"
+    assert job.seed == 0
+
+
+@pytest.mark.parametrize("body, message", [
+    ("cohort: c.zarr\noutput: o\ncolour: red\n" + ANALYSES, r"colour: unknown key \(allowed here: cohort, output, seed, analyses\)"),
+    ("cohort: c.zarr\noutput: o\n" + ANALYSES.replace("pair_by: patient", "pair: patient"),
+     r"analyses.1.pair: unknown key \(allowed here: name, test, group, case, control, pair_by,"),
+    ("cohort: c.zarr\noutput: o\n" + ANALYSES.replace("test: welch", "test: welsh"),
+     r"analyses.0.test: Input should be 'welch'"),
+    ("output: o\n" + ANALYSES, r"cohort: required key is missing"),
+    ("cohort: c.zarr\noutput: o\n" + ANALYSES.replace("case: case", "case: TRUE"),
+     r"analyses.0.case: YAML read this label as the boolean True; quote it"),
+    ("cohort: c.zarr\noutput: o\n" + ANALYSES.replace("name: paired", "name: welch"),
+     r"analysis names must be unique; repeated: welch"),
+    ("cohort: c.zarr\noutput: o\nanalyses:\n  - name: w\n    test: welch\n    group: g\n"
+     "    case: a\n    control: b\n    pair_by: p\n", r"unpaired and takes no pair_by"),
+    ("- just a list\n", r"must be a mapping"),
+])
+def test_invalid_jobs_name_the_problem(job_dir, body, message):
+    with pytest.raises(InputError, match=message):
+        load_job(write_job(job_dir, body))
+
+
+@pytest.mark.parametrize("change, message", [
+    (("group: group", "group: arm"), r"analysis 'welch': group 'arm' is not a sample annotation"),
+    (("case: case", "case: treated"), r"no sample has group == 'treated' \(values present: case, control\)"),
+    (("pair_by: patient", "pair_by: age"), r"only 0 complete age pairs"),
+])
+def test_labels_are_checked_at_planning(job_dir, change, message):
+    job = load_job(write_job(job_dir, "cohort: c.zarr\noutput: o\n" + ANALYSES.replace(*change)))
+    with pytest.raises(InputError, match=message):
+        plan_job(job)
+
+
+def test_planning_computes_nothing(job_dir, no_compute):
+    job = load_job(write_job(job_dir, "cohort: c.zarr\noutput: out\n" + ANALYSES))
+    with no_compute():
+        planned = plan_job(job)
+    import dask.array as da
+
+    assert all(isinstance(v.data, da.Array) for r in planned.values() for v in r.data_vars.values())
+    with pytest.raises(RuntimeError, match="computed 1 times"), no_compute():
+        planned["welch"]["welch_t_p_value"].values
+
+
+def test_run_writes_tables_zarr_provenance_report(job_dir, client, cohort_files):
+    job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\nseed: 7\n" + ANALYSES)
+    out = run_job(load_job(job_file), client, job_file=job_file)
+    names = {p.name for p in out.iterdir()}
+    assert {"welch.tsv", "welch.parquet", "paired.tsv", "paired.parquet", "results.zarr",
+            "provenance.json", "report.html"} <= names
+    table = pd.read_csv(out / "welch.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
+    assert list(table.columns) == ["gene", "symbol", "effect", "statistic", "df", "p_value",
+                                   "p_adj", "n_case", "n_control"]
+    assert table["p_value"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "welch.parquet"), table,
+                                  check_dtype=False)
+    # one row against scipy, straight from the input file
+    matrix = pd.read_csv(cohort_files["matrix"], sep="\t", index_col=0)
+    row = table.set_index("gene").loc["G005"]
+    x, y = matrix.loc["G005"].iloc[:4].dropna(), matrix.loc["G005"].iloc[4:].dropna()
+    ref = scipy.stats.ttest_ind(x.astype(np.float32).astype(float),
+                                y.astype(np.float32).astype(float), equal_var=False)
+    assert row["statistic"] == pytest.approx(ref.statistic, rel=1e-9)
+    assert row["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (row["n_case"], row["n_control"]) == (len(x), len(y))
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["seed"] == 7 and prov["job"]["analyses"][1]["pair_by"] == "patient"
+    assert len(prov["inputs"]["job_file_sha256"]) == 64
+    assert [s["role"] for s in prov["inputs"]["cohort_sources"]] == ["matrix", "samples", "genes"]
+    assert prov["versions"]["dask"] and prov["cluster"]["workers"] == 1
+    assert prov["wall_time_s"] > 0
+    assert "G0" in (out / "report.html").read_text()
+
+
+def test_rerun_replaces_results_but_never_a_foreign_directory(job_dir, client):
+    job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\n" + ANALYSES)
+    out = run_job(load_job(job_file), client)
+    (out / "stale.tsv").write_text("old")
+    run_job(load_job(job_file), client)
+    assert not (out / "stale.tsv").exists()
+    (job_dir / "mine").mkdir()
+    (job_dir / "mine" / "thesis.txt").write_text("precious")
+    job_file = write_job(job_dir, "cohort: c.zarr\noutput: mine\n" + ANALYSES)
+    with pytest.raises(InputError, match="not a results directory"):
+        run_job(load_job(job_file), client)
+    assert (job_dir / "mine" / "thesis.txt").read_text() == "precious"
+
+
+_CALLS: list[int] = []
+_LOCK = __import__("threading").Lock()
+
+
+def _fail_first_then_slow(case, control):
+    """Module level, so Dask pickles it by reference and the in-process workers share _CALLS."""
+    import time
+
+    from engine.stats.twogroup import welch_t
+
+    with _LOCK:
+        _CALLS.append(1)
+        first = len(_CALLS) == 1
+    if first:
+        raise MemoryError("simulated worker failure")
+    time.sleep(0.5)
+    return welch_t(case, control)
+
+
+def test_failure_during_compute_leaves_no_output(job_dir, client, monkeypatch):
+    """One chunk fails at once while another is still computing: that one's write lands after
+    the failure is seen, and must not leave a half-written output or temporary directory."""
+    import time
+
+    from engine.stats import twogroup
+
+    _CALLS.clear()
+    monkeypatch.setitem(twogroup.TESTS, "welch", _fail_first_then_slow)
+    job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\n" + ANALYSES)
+    with pytest.raises(MemoryError):
+        run_job(load_job(job_file), client)
+    time.sleep(1.0)  # anything still running would have written by now
+    assert len(_CALLS) > 1
+    assert not (job_dir / "out").exists()
+    assert not [p for p in job_dir.iterdir() if p.name.startswith(".out.tmp")]
