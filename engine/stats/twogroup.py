@@ -66,15 +66,13 @@ def _paired_differences(case, control):
 def _moments(x):
     """Per-row count, mean and centred sum of squares over the non-NaN values.
 
-    Two passes (mean, then squared deviations) instead of sum-of-squares minus squared sum,
-    which cancels catastrophically for log-scale expression with small variance.
+    Two passes (mean, then squared deviations; bottleneck's nanvar does the same in C without
+    numpy's temporaries) instead of sum-of-squares minus squared sum, which cancels
+    catastrophically for log-scale expression with small variance.
     """
-    present = ~np.isnan(x)
-    n = present.sum(axis=1).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(present, x, 0.0).sum(axis=1) / n
-    deviation = np.where(present, x - mean[:, None], 0.0)
-    sum_squares = (deviation * deviation).sum(axis=1)
+    n = (x.shape[1] - np.isnan(x).sum(axis=1)).astype(np.float64)
+    mean = bn.nanmean(x, axis=1)
+    sum_squares = bn.nanvar(x, axis=1, ddof=0) * n
     return n, mean, sum_squares
 
 
