@@ -30,7 +30,10 @@ def open_cohort(path: str | Path) -> xr.Dataset:
         raise InputError(f"{path} is not a cohort store (create one with `cohort ingest`)")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        ds = xr.open_zarr(path, consolidated=True, zarr_format=3, chunks=None)
+        # a store without consolidated metadata still opens; check_cohort judges its contents
+        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated",
+                                category=RuntimeWarning)
+        ds = xr.open_zarr(path, consolidated=None, zarr_format=3, chunks=None)
     # The 1-D annotations are small: read them now, without Dask, so they can be used for
     # grouping at once (Zarr 3 returns strings as StringDType; object arrays are what pandas and
     # the engine expect). The (gene, sample) arrays become Dask arrays with the on-disk chunks.
