@@ -47,12 +47,11 @@ def dask_client(
         threads = max(1, cores // n) if processes else cores
         # threads use in-process comms; worker processes listen on loopback only
         network = {"host": "127.0.0.1"} if processes else {}
-        with dask.config.set({"distributed.worker.daemon": False}):
-            cluster = LocalCluster(
-                n_workers=n, threads_per_worker=threads, processes=processes,
-                dashboard_address="127.0.0.1:8787", worker_dashboard_address="127.0.0.1:0",
-                silence_logs=logging.ERROR, **network,
-            )
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=threads, processes=processes,
+            dashboard_address="127.0.0.1:8787", worker_dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR, **network,
+        )
         client = Client(cluster)
         # the default link names the machine's address although the server is on loopback
         config = {"distributed.dashboard.link": "http://127.0.0.1:{port}/status"}

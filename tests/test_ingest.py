@@ -116,22 +116,23 @@ def test_unmatched_samples_error_and_drop(tmp_path, cohort_files):
     assert ds.attrs["ingest_options"]["dropped_sheet_samples"] == ["S99"]
 
 
+def _set_cell(path, line: int, column: int, value: str) -> None:
+    """Overwrite one cell of a TSV (1-based line, 0-based column)."""
+    lines = path.read_text().splitlines()
+    cells = lines[line - 1].split("\t")
+    cells[column] = value
+    lines[line - 1] = "\t".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def test_non_numeric_cell_names_line_and_column(tmp_path, cohort_files):
-    lines = cohort_files["matrix"].read_text().splitlines()
-    cells = lines[30].split("\t")
-    cells[3] = "high"
-    lines[30] = "\t".join(cells)
-    cohort_files["matrix"].write_text("\n".join(lines) + "\n")
+    _set_cell(cohort_files["matrix"], 31, 3, "high")
     _assert_fails(tmp_path, r"non-numeric value 'high' on line 31, column '003'",
                   cohort_files["matrix"], cohort_files["samples"], chunk_genes=8)
 
 
 def test_infinite_value(tmp_path, cohort_files):
-    lines = cohort_files["matrix"].read_text().splitlines()
-    cells = lines[5].split("\t")
-    cells[2] = "inf"
-    lines[5] = "\t".join(cells)
-    cohort_files["matrix"].write_text("\n".join(lines) + "\n")
+    _set_cell(cohort_files["matrix"], 6, 2, "inf")
     _assert_fails(tmp_path, r"infinite value on line 6, column '002'", cohort_files["matrix"],
                   cohort_files["samples"])
 
