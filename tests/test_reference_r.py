@@ -34,24 +34,25 @@ ALL = {"group": "mol.biol", "case": "BCR/ABL", "control": "NEG"}
 ARM = {"group": "arm", "case": "A", "control": "B"}
 PAIRED = {"group": "timepoint", "case": "post", "control": "pre", "pair_by": "patient"}
 
-# (cohort, test, design, fixture, {engine field: R column}); effect is checked separately.
+# engine field -> R column, per oracle output
+WELCH = {"statistic": "welch_t", "df": "welch_df", "p_value": "welch_p", "p_adj": "welch_p_bh"}
+STUDENT = {"statistic": "student_t", "df": "student_df", "p_value": "student_p",
+           "p_adj": "student_p_bh"}
+RANK_SUM = {"statistic": "W", "p_value": "p", "p_adj": "p_bh"}
+PAIRED_T = {"statistic": "paired_t", "df": "paired_df", "p_value": "paired_p",
+            "p_adj": "paired_p_bh"}
+SIGNED_RANK = {"statistic": "V", "p_value": "p", "p_adj": "p_bh"}
+
+# (cohort, test, design, fixture, columns); effect is checked separately.
 CASES = [
-    ("all", "welch", ALL, "all_f32_ttest.tsv.gz",
-     {"statistic": "welch_t", "df": "welch_df", "p_value": "welch_p", "p_adj": "welch_p_bh"}),
-    ("all", "student", ALL, "all_f32_ttest.tsv.gz",
-     {"statistic": "student_t", "df": "student_df", "p_value": "student_p", "p_adj": "student_p_bh"}),
-    ("all", "mann_whitney", ALL, "all_f32_wilcoxon.tsv.gz",
-     {"statistic": "W", "p_value": "p", "p_adj": "p_bh"}),
-    ("synthetic", "welch", ARM, "synthetic_arm_ttest.tsv",
-     {"statistic": "welch_t", "df": "welch_df", "p_value": "welch_p", "p_adj": "welch_p_bh"}),
-    ("synthetic", "student", ARM, "synthetic_arm_ttest.tsv",
-     {"statistic": "student_t", "df": "student_df", "p_value": "student_p", "p_adj": "student_p_bh"}),
-    ("synthetic", "mann_whitney", ARM, "synthetic_arm_wilcoxon.tsv",
-     {"statistic": "W", "p_value": "p", "p_adj": "p_bh"}),
-    ("synthetic", "paired_t", PAIRED, "paired_ttest.tsv",
-     {"statistic": "paired_t", "df": "paired_df", "p_value": "paired_p", "p_adj": "paired_p_bh"}),
-    ("synthetic", "wilcoxon_signed_rank", PAIRED, "paired_wilcoxon.tsv",
-     {"statistic": "V", "p_value": "p", "p_adj": "p_bh"}),
+    ("all", "welch", ALL, "all_f32_ttest.tsv.gz", WELCH),
+    ("all", "student", ALL, "all_f32_ttest.tsv.gz", STUDENT),
+    ("all", "mann_whitney", ALL, "all_f32_wilcoxon.tsv.gz", RANK_SUM),
+    ("synthetic", "welch", ARM, "synthetic_arm_ttest.tsv", WELCH),
+    ("synthetic", "student", ARM, "synthetic_arm_ttest.tsv", STUDENT),
+    ("synthetic", "mann_whitney", ARM, "synthetic_arm_wilcoxon.tsv", RANK_SUM),
+    ("synthetic", "paired_t", PAIRED, "paired_ttest.tsv", PAIRED_T),
+    ("synthetic", "wilcoxon_signed_rank", PAIRED, "paired_wilcoxon.tsv", SIGNED_RANK),
 ]
 
 

@@ -63,6 +63,12 @@ def _paired_differences(case, control):
     return case - control
 
 
+def _count_mean(x):
+    """Per-row count and mean of the non-NaN values."""
+    n = (x.shape[1] - np.isnan(x).sum(axis=1)).astype(np.float64)
+    return n, bn.nanmean(x, axis=1)
+
+
 def _moments(x):
     """Per-row count, mean and centred sum of squares over the non-NaN values.
 
@@ -70,10 +76,8 @@ def _moments(x):
     numpy's temporaries) instead of sum-of-squares minus squared sum, which cancels
     catastrophically for log-scale expression with small variance.
     """
-    n = (x.shape[1] - np.isnan(x).sum(axis=1)).astype(np.float64)
-    mean = bn.nanmean(x, axis=1)
-    sum_squares = bn.nanvar(x, axis=1, ddof=0) * n
-    return n, mean, sum_squares
+    n, mean = _count_mean(x)
+    return n, mean, bn.nanvar(x, axis=1, ddof=0) * n
 
 
 def _tie_term(x):
@@ -98,7 +102,7 @@ def _normal_two_sided(z):
 
 
 def _result(effect, statistic, df, p_value, n_case, n_control, defined):
-    """Stack the result columns, blanking effect/statistic/df/p_value where the test is undefined."""
+    """Stack the result columns, blanking statistic/df/p_value where the test is undefined."""
     out = np.stack(
         np.broadcast_arrays(effect, statistic, df, p_value, n_case, n_control), axis=1
     ).astype(np.float64)
@@ -183,8 +187,8 @@ def mann_whitney_u(case, control):
     variance; effect is the difference of means. NaN where a group is empty or all values tie.
     """
     case, control = _unpaired_blocks(case, control)
-    n1, mean1, _ = _moments(case)
-    n2, mean2, _ = _moments(control)
+    n1, mean1 = _count_mean(case)
+    n2, mean2 = _count_mean(control)
     values = np.concatenate([case, control], axis=1)
     ranks = bn.nanrankdata(values, axis=1)
     rank_sum = np.nansum(ranks[:, : case.shape[1]], axis=1)
@@ -209,7 +213,7 @@ def wilcoxon_signed_rank(case, control):
     difference remains.
     """
     diff = _paired_differences(case, control)
-    n_pairs, mean_diff, _ = _moments(diff)
+    n_pairs, mean_diff = _count_mean(diff)
     nonzero = np.where(diff != 0, diff, np.nan)
     magnitude = np.abs(nonzero)
     ranks = bn.nanrankdata(magnitude, axis=1)
@@ -220,11 +224,7 @@ def wilcoxon_signed_rank(case, control):
         shift = v - m * (m + 1) / 4
         z = (shift - np.sign(shift) * 0.5) / np.sqrt(variance)
     defined = (m >= 1) & (variance > 0)
-    out = _result(mean_diff, v, np.nan, _normal_two_sided(z), n_pairs, n_pairs, defined)
-    # Unlike the other tests, the mean difference stays reported when the test is undefined
-    # (e.g. all differences zero gives effect 0): it is well defined from the complete pairs.
-    out[:, 0] = mean_diff
-    return out
+    return _result(mean_diff, v, np.nan, _normal_two_sided(z), n_pairs, n_pairs, defined)
 
 
 TESTS = {
