@@ -1,0 +1,148 @@
+"""What every per-feature analysis shares: sample annotations, the feature matrix, strata,
+mapping a numpy kernel over feature chunks, and the result Dataset.
+
+A *feature* is a row the analysis runs over: a gene of a (gene, sample) variable such as
+``expression``, or a numeric sample annotation such as a signature score or an immune-cell
+fraction (then the result's dimension is ``feature`` instead of ``gene``). Kernels are numpy
+functions of a (features x samples) float block; the wrappers here keep them chunk-local.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from engine.errors import InputError, preview
+from engine.stats import multitest
+
+MISSING_LABELS = ("", "nan", "NA")
+
+
+def sample_annotation(ds: xr.Dataset, name: str, what: str = "annotation") -> np.ndarray:
+    """The values of the sample annotation ``name``; one clear error when there is none."""
+    if name not in ds or ds[name].dims != ("sample",):
+        names = sorted(n for n, v in ds.data_vars.items() if v.dims == ("sample",))
+        raise InputError(f"{what} {name!r} is not a sample annotation of the cohort "
+                         f"(available: {preview(names, 30)})")
+    return np.asarray(ds[name].values)
+
+
+def numeric_annotation(ds: xr.Dataset, name: str, what: str = "annotation") -> np.ndarray:
+    """A numeric sample annotation as float64, NaN where missing; refuses text annotations."""
+    values = sample_annotation(ds, name, what)
+    if values.dtype.kind in "fiu":
+        return values.astype(np.float64)
+    text = sorted({str(v) for v in values if str(v) not in MISSING_LABELS})
+    raise InputError(f"{what} {name!r} is not numeric (values: {preview(text, 8)}); "
+                     "choose a numeric annotation")
+
+
+def sample_frame(ds: xr.Dataset, names: Sequence[str]) -> pd.DataFrame:
+    """Sample annotations as a DataFrame indexed by sample position; missing text is NaN."""
+    columns = {}
+    for name in names:
+        values = sample_annotation(ds, name)
+        if values.dtype.kind not in "fiu":
+            values = pd.array([None if str(v) in MISSING_LABELS else str(v) for v in values],
+                              dtype=object)
+        columns[name] = values
+    return pd.DataFrame(columns, index=pd.RangeIndex(ds.sizes["sample"]))
+
+
+@dataclass(frozen=True)
+class Stratum:
+    label: str
+    samples: np.ndarray  # positions along ``sample``
+
+
+def strata(ds: xr.Dataset, stratify_by: str | None) -> list[Stratum]:
+    """One stratum of all samples, or one per value of ``stratify_by`` (missing values left out)."""
+    if stratify_by is None:
+        return [Stratum("all", np.arange(ds.sizes["sample"]))]
+    values = sample_annotation(ds, stratify_by, "stratify_by")
+    labels = np.array([str(v) for v in values], dtype=object)
+    present = sorted(set(labels) - set(MISSING_LABELS))
+    if not present:
+        raise InputError(f"stratify_by {stratify_by!r} has no values")
+    return [Stratum(level, np.flatnonzero(labels == level)) for level in present]
+
+
+@dataclass(frozen=True)
+class Features:
+    """The rows an analysis runs over: ``data`` is a dask (features x samples) float array."""
+
+    data: da.Array
+    dim: str  # "gene" or "feature"
+    labels: np.ndarray
+
+
+def feature_matrix(ds: xr.Dataset, *, variable: str = "expression",
+                   features: Sequence[str] | None = None) -> Features:
+    """Genes of the (gene, sample) ``variable``, or, with ``features``, numeric annotations."""
+    if features:
+        rows = np.stack([numeric_annotation(ds, f, "feature") for f in features])
+        return Features(da.from_array(rows, chunks=rows.shape), "feature",
+                        np.array(list(features), dtype=object))
+    if variable not in ds or ds[variable].dims != ("gene", "sample"):
+        raise InputError(f"variable {variable!r} is not a (gene, sample) variable of the cohort")
+    x = ds[variable].data
+    if not isinstance(x, da.Array):
+        x = da.from_array(np.asarray(x), chunks=x.shape)
+    # A no-op for stores that follow the contract (chunks along genes only).
+    return Features(x.rechunk({1: -1}), "gene", np.asarray(ds["gene"].values).astype(object))
+
+
+def gene_row(ds: xr.Dataset, gene: str, variable: str = "expression") -> np.ndarray:
+    """One gene's values across samples (float64), e.g. the partner of a correlation screen."""
+    ids = np.asarray(ds["gene"].values).astype(str)
+    hit = np.flatnonzero(ids == str(gene))
+    if hit.size == 0:
+        raise InputError(f"gene {gene!r} is not in the cohort (genes look like: "
+                         f"{preview(list(ids[:5]))})")
+    return np.asarray(ds[variable][hit[0]].values, dtype=np.float64)
+
+
+def map_features(x: da.Array, kernel: Callable[..., np.ndarray], n_fields: int, *,
+                 name: str, **kwargs) -> da.Array:
+    """``kernel(block, **kwargs)`` on every feature chunk -> a (features, n_fields) float64 array.
+
+    ``kernel`` takes a (features x samples) numpy block and returns (features, n_fields) float64.
+    Samples must be one chunk (``feature_matrix`` ensures it).
+    """
+    return x.map_blocks(
+        _call, kernel=kernel, kwargs=kwargs, dtype=np.float64,
+        meta=np.empty((0, 0), np.float64),  # no kernel call to infer the output type
+        chunks=(x.chunks[0], (n_fields,)), name=name)
+
+
+def _call(block, *, kernel, kwargs):
+    return kernel(np.asarray(block), **kwargs)
+
+
+def adjust(p: da.Array, method: str = "BH") -> da.Array:
+    """Adjusted p-values of a lazy 1-D array: the one global step (a single 1-D task)."""
+    fn = multitest.METHODS[method]
+    return p.rechunk(-1).map_blocks(fn, dtype=np.float64,
+                                    meta=np.empty((0,), np.float64)).rechunk(p.chunks)
+
+
+def result_dataset(columns: dict[str, da.Array], features: Features, *, descriptions: dict,
+                   attrs: dict, extra_dims: dict[str, Sequence] | None = None) -> xr.Dataset:
+    """A lazy result Dataset whose variables are the table's columns.
+
+    Each array has the feature axis last, after ``extra_dims`` (e.g. ``{"stratum": [...]}``).
+    """
+    extra_dims = extra_dims or {}
+    dims = (*extra_dims, features.dim)
+    coords = {features.dim: features.labels,
+              **{d: np.array([str(v) for v in vals], dtype=object)
+                 for d, vals in extra_dims.items()}}
+    return xr.Dataset(
+        {col: xr.DataArray(arr, dims=dims, attrs={"description": descriptions[col]})
+         for col, arr in columns.items()},
+        coords=coords, attrs=attrs)
