@@ -9,20 +9,27 @@ import pandas as pd
 TOP = 20
 
 
+SPEC_KEYS = ("group", "case", "control", "pair_by", "design", "coef", "contrast", "covariate",
+             "gene", "stratify_by", "outcome", "event", "time", "split", "interaction",
+             "trend", "robust", "features")
+
+
+def _describe(spec: dict) -> str:
+    parts = [f"{k} = <code>{html.escape(str(spec[k]))}</code>" for k in SPEC_KEYS
+             if spec.get(k) not in (None, False, [], {})]
+    return f"<b>{html.escape(spec['test'])}</b>" + (": " + ", ".join(parts) if parts else "")
+
+
 def _analysis_section(name: str, spec: dict, table: pd.DataFrame) -> str:
     tested = int(table["p_value"].notna().sum())
+    method = spec.get("adjust", "BH")
     counts = {t: int((table["p_adj"] < t).sum()) for t in (0.05, 0.01)}
-    pairs = f", paired by {spec['pair_by']}" if spec.get("pair_by") else ""
-    n_case = int(table["n_case"].max()) if len(table) else 0
-    n_control = int(table["n_control"].max()) if len(table) else 0
     head = table.head(TOP)
     return (
-        f"<h2>{html.escape(name)}</h2>"
-        f"<p>{html.escape(spec['test'])} test of <b>{html.escape(str(spec['case']))}</b> "
-        f"(n = {n_case}) vs <b>{html.escape(str(spec['control']))}</b> (n = {n_control}) by "
-        f"<code>{html.escape(spec['group'])}</code>{html.escape(pairs)}. "
-        f"{tested} of {len(table)} genes tested; {counts[0.05]} with BH-adjusted p &lt; 0.05, "
-        f"{counts[0.01]} with p &lt; 0.01. Full table: <code>{html.escape(name)}.tsv</code>.</p>"
+        f"<h2>{html.escape(name)}</h2><p>{_describe(spec)}. "
+        f"{tested} of {len(table)} rows tested; {counts[0.05]} with {html.escape(method)}-adjusted "
+        f"p &lt; 0.05, {counts[0.01]} with p &lt; 0.01. Full table: "
+        f"<code>{html.escape(name)}.tsv</code>.</p>"
         + head.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="NA",
                        classes="top", border=0)
     )
@@ -42,7 +49,7 @@ text-align:right}} table.top tr:nth-child(even){{background:#f3f3f3}}</style></h
 samples, scale {html.escape(cohort['scale'])}. Seed {job['seed']}. Wall time
 {provenance['wall_time_s']:.1f} s on {provenance['cluster']['workers']} workers
 ({provenance['cluster']['threads']} threads). Engine {html.escape(provenance['engine_version'])}.
-Top {TOP} genes per analysis by p-value.</p>
+Top {TOP} rows per analysis by p-value.</p>
 {sections}
 <h2>Provenance</h2><pre>{html.escape(pd.Series(provenance['inputs']).to_string())}</pre>
 </body></html>

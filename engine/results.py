@@ -1,4 +1,11 @@
-"""Tidy result tables: one row per gene, written as TSV and Parquet."""
+"""Tidy result tables: one row per feature (and stratum, term, ...), written as TSV and Parquet.
+
+An analysis result is a Dataset whose variables are table columns. Variables that share the
+dimensions of ``p_value`` form the analysis's main table (``<name>.tsv``); each other set of
+dimensions forms an extra table named after its leading dimension (``<name>.slope_at.tsv``).
+Leading dimensions (stratum, term, contrast, ...) become the first columns, then the feature
+(``gene`` with the cohort's gene annotations, or ``feature``), then the variables in order.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-#: Table columns, in order, after ``gene`` and the gene annotations.
-STAT_COLUMNS = ["effect", "statistic", "df", "p_value", "p_adj", "n_case", "n_control"]
+#: Count columns, written as integers (missing stays NA).
+INTEGER_COLUMNS = {"n", "n_case", "n_control", "n_events", "df_residual", "converged",
+                   "separated", "df_num"}
+FEATURE_DIMS = ("gene", "feature")
 
 
 def gene_annotations(cohort: xr.Dataset) -> pd.DataFrame:
@@ -19,16 +28,63 @@ def gene_annotations(cohort: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(columns, index=pd.Index(cohort["gene"].values.astype(object), name="gene"))
 
 
+def _groups(result: xr.Dataset) -> dict[tuple, list[str]]:
+    groups: dict[tuple, list[str]] = {}
+    order = list(result.attrs.get("columns", []))
+    names = [n for n in order if n in result.data_vars]
+    names += sorted(set(result.data_vars) - set(names))
+    for name in names:
+        groups.setdefault(result[name].dims, []).append(name)
+    return groups
+
+
+def _table(result: xr.Dataset, dims: tuple, names: list[str],
+           annotations: pd.DataFrame) -> pd.DataFrame:
+    index = pd.MultiIndex.from_product(
+        [np.asarray(result[d].values).astype(object) for d in dims], names=list(dims))
+    table = pd.DataFrame({n: np.asarray(result[n].values).reshape(-1) for n in names},
+                         index=index).reset_index()
+    if "gene" in dims and len(annotations.columns):
+        extra = annotations.reindex(table["gene"]).reset_index(drop=True)
+        at = table.columns.get_loc("gene") + 1
+        table = pd.concat([table.iloc[:, :at], extra, table.iloc[:, at:]], axis=1)
+    for column in INTEGER_COLUMNS & set(names):
+        values = table[column]
+        if values.notna().all():
+            table[column] = values.astype("int64")
+        else:
+            table[column] = values.astype("Int64")
+    return table
+
+
+def _sorted(table: pd.DataFrame, dims: tuple) -> pd.DataFrame:
+    """By p-value within each leading group (stratum, term, ...), NaN last; ties keep order."""
+    leading = [d for d in dims if d not in FEATURE_DIMS]
+    ordered = table.sort_values("p_value", kind="stable", na_position="last")
+    if leading:
+        position = {d: {v: i for i, v in enumerate(pd.unique(table[d]))} for d in leading}
+        keys = [ordered[d].map(position[d]) for d in leading]
+        ordered = ordered.iloc[np.lexsort([k.to_numpy() for k in reversed(keys)])]
+    return ordered.reset_index(drop=True)
+
+
+def result_tables(result: xr.Dataset, annotations: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The computed result as tables: ``""`` for the main table, the dimension for the rest."""
+    groups = _groups(result)
+    main = result["p_value"].dims if "p_value" in result else next(iter(groups))
+    tables = {}
+    for dims, names in groups.items():
+        table = _table(result, dims, names, annotations)
+        if dims == main:
+            tables[""] = _sorted(table, dims) if "p_value" in names else table
+        else:
+            tables[dims[0] if dims[0] not in FEATURE_DIMS else "_".join(dims)] = table
+    return tables
+
+
 def result_table(result: xr.Dataset, annotations: pd.DataFrame) -> pd.DataFrame:
-    """A computed per-gene result as a table sorted by p-value (NaN last, then gene order)."""
-    prefix = next(n for n in result.data_vars if n.endswith("_p_value")).removesuffix("_p_value")
-    table = annotations.copy()
-    for column in STAT_COLUMNS:
-        table[column] = np.asarray(result[f"{prefix}_{column}"].values)
-    for column in ("n_case", "n_control"):
-        table[column] = table[column].astype("int64")
-    table = table.reset_index()
-    return table.sort_values("p_value", kind="stable", na_position="last").reset_index(drop=True)
+    """The main table of a computed result, sorted by p-value (NaN last, then gene order)."""
+    return result_tables(result, annotations)[""]
 
 
 def write_table(table: pd.DataFrame, directory: Path, name: str) -> list[Path]:

@@ -57,11 +57,11 @@ def test_relative_paths_are_relative_to_the_job_file(job_dir):
 
 
 @pytest.mark.parametrize("body, message", [
-    ("cohort: c.zarr\noutput: o\ncolour: red\n" + ANALYSES, r"colour: unknown key \(allowed here: cohort, output, seed, analyses\)"),
+    ("cohort: c.zarr\noutput: o\ncolour: red\n" + ANALYSES, r"colour: unknown key \(allowed here: cohort, output, seed, analyses, families\)"),
     ("cohort: c.zarr\noutput: o\n" + ANALYSES.replace("pair_by: patient", "pair: patient"),
-     r"analyses.1.pair: unknown key \(allowed here: name, test, group, case, control, pair_by,"),
+     r"analyses.1.pair: unknown key \(allowed here: name, .*test, group, case, control, pair_by"),
     ("cohort: c.zarr\noutput: o\n" + ANALYSES.replace("test: welch", "test: welsh"),
-     r"analyses.0.test: Input should be 'welch'"),
+     r"analyses.0: unknown test 'welsh' \(choose from welch, .*limma, ols"),
     ("output: o\n" + ANALYSES, r"cohort: required key is missing"),
     ("cohort: c.zarr\noutput: o\n" + ANALYSES.replace("case: case", "case: TRUE"),
      r"analyses.0.case: YAML read this label as the boolean True; quote it"),
@@ -95,7 +95,7 @@ def test_planning_computes_nothing(job_dir, no_compute):
 
     assert all(isinstance(v.data, da.Array) for r in planned.values() for v in r.data_vars.values())
     with pytest.raises(RuntimeError, match="computed 1 times"), no_compute():
-        planned["welch"]["welch_t_p_value"].values
+        planned["welch"]["p_value"].values
 
 
 def test_run_writes_tables_zarr_provenance_report(job_dir, client, cohort_files):
@@ -177,3 +177,63 @@ def test_failure_during_compute_leaves_no_output(job_dir, client, monkeypatch):
     assert len(_CALLS) > 1
     assert not (job_dir / "out").exists()
     assert not [p for p in job_dir.iterdir() if p.name.startswith(".out.tmp")]
+
+
+MODELS = """
+analyses:
+  - name: limma_two_group
+    test: limma
+    group: group
+    case: case
+    control: control
+  - name: limma_design
+    test: limma
+    design: "~ group + age"
+    coef: "group[T.control]"
+    reference: {group: case}
+    trend: true
+  - name: ols_design
+    test: ols
+    design: "~ group + age"
+    contrast: {"group[T.control]": -1}
+    adjust: bonferroni
+families:
+  - name: models
+    analyses: [limma_two_group, ols_design]
+    method: holm
+"""
+
+
+def test_linear_models_and_families_through_the_runner(job_dir, client):
+    from engine.stats.multitest import METHODS
+
+    job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\n" + MODELS)
+    out = run_job(load_job(job_file), client, job_file=job_file)
+    two = pd.read_csv(out / "limma_two_group.tsv", sep="\t", na_values=["NA"])
+    design = pd.read_csv(out / "limma_design.tsv", sep="\t", na_values=["NA"])
+    ols_ = pd.read_csv(out / "ols_design.tsv", sep="\t", na_values=["NA"])
+    assert list(two.columns[:6]) == ["gene", "symbol", "effect", "ave_expr", "statistic",
+                                     "p_value"]
+    assert {"b", "df_prior", "s2_prior", "df_total"} <= set(design.columns)
+    np.testing.assert_allclose(ols_["p_adj"], METHODS["bonferroni"](ols_["p_value"].to_numpy()))
+    # the family: holm over the p-values of both tables together
+    p = np.concatenate([two["p_value"], ols_["p_value"]])
+    np.testing.assert_allclose(np.concatenate([two["p_adj_family"], ols_["p_adj_family"]]),
+                               METHODS["holm"](p))
+    assert "p_adj_family" not in design.columns
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["multiple_testing"]["families"] == [
+        {"name": "models", "method": "holm", "analyses": ["limma_two_group", "ols_design"],
+         "tests": int(np.isfinite(p).sum())}]
+    assert prov["multiple_testing"]["analyses"]["ols_design"]["method"] == "bonferroni"
+
+
+def test_limma_two_group_equals_the_design_form(job_dir):
+    job = load_job(write_job(job_dir, "cohort: c.zarr\noutput: out\n" + MODELS))
+    planned = plan_job(job)
+    two = planned["limma_two_group"].compute()
+    again = plan_job(job.model_copy(update={"analyses": [job.analyses[0].model_copy(update={
+        "design": "~ group", "coef": "group[T.control]", "reference": {"group": "case"},
+        "group": None, "case": None, "control": None})]}))["limma_two_group"].compute()
+    np.testing.assert_allclose(two["statistic"], -again["statistic"], rtol=1e-10)
+    np.testing.assert_allclose(two["p_value"], again["p_value"], rtol=1e-10)

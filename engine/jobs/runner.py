@@ -16,6 +16,8 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import xarray as xr
 import zarr
 from distributed import Client, progress
@@ -25,12 +27,13 @@ from engine.errors import InputError
 from engine.fsutil import atomic_directory, sha256_file
 from engine.jobs.spec import Job
 from engine.report import render_report
-from engine.results import gene_annotations, result_table, write_table
-from engine.stats.per_gene import two_group_test
+from engine.jobs.planners import plan_analysis
+from engine.results import gene_annotations, result_tables, write_table
+from engine.stats import multitest
 from engine.store import open_cohort
 
 DEPENDENCIES = ["dask", "distributed", "xarray", "zarr", "numpy", "scipy", "statsmodels",
-                "pandas", "pyarrow", "pydantic", "bottleneck", "bokeh", "PyYAML"]
+                "pandas", "pyarrow", "pydantic", "bottleneck", "formulaic", "bokeh", "PyYAML"]
 
 
 def plan_job(job: Job, cohort: xr.Dataset | None = None) -> dict[str, xr.Dataset]:
@@ -38,16 +41,35 @@ def plan_job(job: Job, cohort: xr.Dataset | None = None) -> dict[str, xr.Dataset
     cohort = open_cohort(job.cohort) if cohort is None else cohort
     planned = {}
     for a in job.analyses:
-        if a.variable not in cohort or cohort[a.variable].dims != ("gene", "sample"):
+        if not a.features and (a.variable not in cohort
+                               or cohort[a.variable].dims != ("gene", "sample")):
             raise InputError(f"analysis {a.name!r}: variable {a.variable!r} is not a "
                              "(gene, sample) variable of the cohort")
         try:
-            planned[a.name] = two_group_test(cohort, test=a.test, group=a.group, case=a.case,
-                                             control=a.control, pair_by=a.pair_by,
-                                             variable=a.variable)
+            planned[a.name] = plan_analysis(a, cohort)
         except InputError as e:
             raise InputError(f"analysis {a.name!r}: {e}") from None
     return planned
+
+
+def adjust_families(job: Job, tables: dict[str, pd.DataFrame]) -> dict:
+    """Adds ``p_adj_family`` to the main tables of each declared family; returns the record of
+    every adjustment made (per analysis and per family) for provenance."""
+    record = {"analyses": {a.name: {"method": a.adjust, "family": "each stratum/term/contrast "
+                                    "of the analysis, over its features"} for a in job.analyses},
+              "families": []}
+    for family in job.families:
+        p = np.concatenate([tables[a]["p_value"].to_numpy(np.float64) for a in family.analyses])
+        adjusted = multitest.METHODS[family.method](p)
+        start = 0
+        for a in family.analyses:
+            n = len(tables[a])
+            tables[a]["p_adj_family"] = adjusted[start:start + n]
+            start += n
+        record["families"].append({"name": family.name, "method": family.method,
+                                   "analyses": family.analyses,
+                                   "tests": int(np.isfinite(p).sum())})
+    return record
 
 
 def _check_output(output: Path) -> None:
@@ -118,16 +140,23 @@ def run_job(job: Job, client: Client, *, job_file: Path | None = None,
         zarr.consolidate_metadata(store)
 
         annotations = gene_annotations(cohort)
-        tables = {}
+        tables, extra_tables = {}, {}
         for name in planned:
             written = xr.open_zarr(store, group=name, consolidated=False).load()
-            tables[name] = result_table(written, annotations)
-            write_table(tables[name], tmp, name)
+            for suffix, table in result_tables(written, annotations).items():
+                if suffix:
+                    extra_tables[f"{name}.{suffix}"] = table
+                else:
+                    tables[name] = table
+        multiple_testing = adjust_families(job, tables)
+        for name, table in {**tables, **extra_tables}.items():
+            write_table(table, tmp, name)
         provenance = {
             "engine_version": __version__,
             "versions": _versions(),
             "job": job.model_dump(mode="json"),
             "seed": job.seed,
+            "multiple_testing": multiple_testing,
             "inputs": _inputs(job, job_file, cohort),
             "started_at": started.isoformat(timespec="seconds"),
             "wall_time_s": round(time.perf_counter() - t0, 3),

@@ -17,18 +17,40 @@ from engine.errors import InputError
 
 TwoGroupTestName = Literal["welch", "student", "paired_t", "mann_whitney", "wilcoxon_signed_rank"]
 PAIRED = ("paired_t", "wilcoxon_signed_rank")
+AdjustMethod = Literal["BH", "BY", "bonferroni", "holm", "hochberg", "qvalue"]
 Label = Annotated[str | int | float, Field(description="a value of the group annotation")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TwoGroupAnalysis(Strict):
+def _not_boolean(value):
+    if isinstance(value, bool):
+        raise ValueError(f"YAML read this label as the boolean {value}; quote it "
+                         f"(e.g. case: \"TRUE\") to match the annotation's text")
+    return value
+
+
+class Analysis(Strict):
+    """Keys every analysis has."""
+
+    name: str = Field(pattern=NAME_PATTERN,
+                      description="analysis name; also the result table's file name")
+    variable: str = Field(default="expression", description="the (gene, sample) variable to test")
+    features: list[str] | None = Field(
+        default=None, min_length=1,
+        description="numeric sample annotations (signature scores, cell fractions) to analyse "
+                    "instead of the genes of `variable`")
+    adjust: AdjustMethod = Field(
+        default="BH", description="p-value adjustment within the analysis (p_adj): over the "
+                                  "features, separately per stratum / term")
+
+
+class TwoGroupAnalysis(Analysis):
     """A per-gene test of case vs control samples chosen by a sample annotation."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                      description="analysis name; also the result table's file name")
     test: TwoGroupTestName = Field(description="per-gene test; paired tests need pair_by")
     group: str = Field(description="sample annotation that defines the two groups")
     case: Label
@@ -36,15 +58,11 @@ class TwoGroupAnalysis(Strict):
     pair_by: str | None = Field(
         default=None, description="sample annotation matching each case sample to its control "
                                   "(required for paired_t and wilcoxon_signed_rank)")
-    variable: str = Field(default="expression", description="the (gene, sample) variable to test")
 
     @field_validator("case", "control", mode="before")
     @classmethod
-    def _not_boolean(cls, value):
-        if isinstance(value, bool):
-            raise ValueError(f"YAML read this label as the boolean {value}; quote it "
-                             f"(e.g. case: \"TRUE\") to match the annotation's text")
-        return value
+    def _labels(cls, value):
+        return _not_boolean(value)
 
     @model_validator(mode="after")
     def _pairing(self):
@@ -57,13 +75,86 @@ class TwoGroupAnalysis(Strict):
         return self
 
 
+class LinearModelAnalysis(Analysis):
+    """Per-gene linear model: ordinary t (ols) or limma's moderated t (limma).
+
+    Either the two-group form (group, case, control, optional pair_by) or a formula design
+    with the coefficient (coef) or contrast weights to test.
+    """
+
+    test: Literal["limma", "ols"]
+    group: str | None = Field(default=None, description="two-group form: the group annotation")
+    case: Label | None = None
+    control: Label | None = None
+    pair_by: str | None = Field(default=None, description="two-group form: pairs (design "
+                                                          "~ pair + group)")
+    design: str | None = Field(default=None, description="formula over sample annotations, "
+                                                         "e.g. '~ mol.biol + age'")
+    coef: str | None = Field(default=None, description="design column to test, e.g. "
+                                                       "'mol.biol[T.BCR/ABL]'")
+    contrast: dict[str, float] | None = Field(
+        default=None, description="weights by design column, e.g. {'g[T.b]': 1, 'g[T.c]': -1}")
+    reference: dict[str, str] = Field(
+        default_factory=dict, description="reference level per categorical annotation")
+    trend: bool = Field(default=False, description="limma: prior variance trends with "
+                                                   "average expression (eBayes trend=TRUE)")
+    robust: bool = Field(default=False, description="limma: robust prior df (eBayes "
+                                                    "robust=TRUE)")
+
+    @field_validator("case", "control", mode="before")
+    @classmethod
+    def _labels(cls, value):
+        return _not_boolean(value)
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        two_group = [self.group, self.case, self.control]
+        if self.design is None:
+            if any(v is None for v in two_group):
+                raise ValueError("give group, case and control (two-group form) or design with "
+                                 "coef or contrast")
+            if self.coef is not None or self.contrast is not None or self.reference:
+                raise ValueError("coef, contrast and reference go with design")
+        else:
+            if any(v is not None for v in two_group) or self.pair_by is not None:
+                raise ValueError("give either design or group/case/control, not both")
+            if (self.coef is None) == (self.contrast is None):
+                raise ValueError("with design, give exactly one of coef or contrast")
+        if self.test == "ols" and (self.trend or self.robust):
+            raise ValueError("trend and robust are limma options (test: limma)")
+        return self
+
+
+ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis)
+AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis, Field(discriminator="test")]
+
+
+def analysis_model(test: str) -> type[Analysis] | None:
+    """The spec model of the analyses with this ``test``."""
+    for model in ANALYSES:
+        if test in model.model_fields["test"].annotation.__args__:
+            return model
+    return None
+
+
+class Family(Strict):
+    """Analyses whose p-values are adjusted together, as one family of tests."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    analyses: list[str] = Field(min_length=1, description="analysis names")
+    method: AdjustMethod = "BH"
+
+
 class Job(Strict):
     """What to compute on one cohort, and where to write the results."""
 
     cohort: Path = Field(description="cohort store (.zarr); relative to the job file")
     output: Path = Field(description="results directory; relative to the job file")
     seed: int = Field(default=0, ge=0, description="seed of every random draw in the job")
-    analyses: list[TwoGroupAnalysis] = Field(min_length=1)
+    analyses: list[AnyAnalysis] = Field(min_length=1)
+    families: list[Family] = Field(
+        default_factory=list,
+        description="families of tests across analyses: adds p_adj_family to their main tables")
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -71,16 +162,37 @@ class Job(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"analysis names must be unique; repeated: {', '.join(dup)}")
+        seen: dict[str, str] = {}
+        for family in self.families:
+            for a in family.analyses:
+                if a not in names:
+                    raise ValueError(f"family {family.name!r} names {a!r}, which is not an "
+                                     f"analysis (analyses: {', '.join(names)})")
+                if a in seen:
+                    raise ValueError(f"analysis {a!r} is in two families ({seen[a]!r} and "
+                                     f"{family.name!r}); an analysis belongs to one family")
+                seen[a] = family.name
         return self
 
 
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = []
     for e in error.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = list(e["loc"])
+        model = Job
+        if loc and loc[0] == "analyses" and len(loc) > 2 and analysis_model(str(loc[2])) is not None:
+            model = analysis_model(str(loc.pop(2)))  # drop the union tag from the location
+        elif loc and loc[0] == "families":
+            model = Family
+        where = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
-            model = TwoGroupAnalysis if e["loc"][0] == "analyses" else Job
             lines.append(f"{where}: unknown key (allowed here: {', '.join(model.model_fields)})")
+        elif e["type"] == "union_tag_invalid":
+            tests = [t for m in ANALYSES for t in m.model_fields["test"].annotation.__args__]
+            lines.append(f"{where}: unknown test {e['input'].get('test')!r} (choose from "
+                         f"{', '.join(tests)})")
+        elif e["type"] == "union_tag_not_found":
+            lines.append(f"{where}: every analysis needs a test")
         elif e["type"] == "missing":
             lines.append(f"{where}: required key is missing")
         else:

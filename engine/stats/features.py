@@ -107,21 +107,21 @@ def gene_row(ds: xr.Dataset, gene: str, variable: str = "expression") -> np.ndar
     return np.asarray(ds[variable][hit[0]].values, dtype=np.float64)
 
 
-def map_features(x: da.Array, kernel: Callable[..., np.ndarray], n_fields: int, *,
+def map_features(x: da.Array, fn: Callable[..., np.ndarray], n_fields: int, /, *,
                  name: str, **kwargs) -> da.Array:
-    """``kernel(block, **kwargs)`` on every feature chunk -> a (features, n_fields) float64 array.
+    """``fn(block, **kwargs)`` on every feature chunk -> a (features, n_fields) float64 array.
 
-    ``kernel`` takes a (features x samples) numpy block and returns (features, n_fields) float64.
+    ``fn`` takes a (features x samples) numpy block and returns (features, n_fields) float64.
     Samples must be one chunk (``feature_matrix`` ensures it).
     """
     return x.map_blocks(
-        _call, kernel=kernel, kwargs=kwargs, dtype=np.float64,
+        _call, fn=fn, kwargs=kwargs, dtype=np.float64,
         meta=np.empty((0, 0), np.float64),  # no kernel call to infer the output type
         chunks=(x.chunks[0], (n_fields,)), name=name)
 
 
-def _call(block, *, kernel, kwargs):
-    return kernel(np.asarray(block), **kwargs)
+def _call(block, *, fn, kwargs):
+    return fn(np.asarray(block), **kwargs)
 
 
 def adjust(p: da.Array, method: str = "BH") -> da.Array:
@@ -136,6 +136,7 @@ def result_dataset(columns: dict[str, da.Array], features: Features, *, descript
     """A lazy result Dataset whose variables are the table's columns.
 
     Each array has the feature axis last, after ``extra_dims`` (e.g. ``{"stratum": [...]}``).
+    The attribute ``columns`` keeps the column order (a Zarr store lists variables by name).
     """
     extra_dims = extra_dims or {}
     dims = (*extra_dims, features.dim)
@@ -145,4 +146,4 @@ def result_dataset(columns: dict[str, da.Array], features: Features, *, descript
     return xr.Dataset(
         {col: xr.DataArray(arr, dims=dims, attrs={"description": descriptions[col]})
          for col, arr in columns.items()},
-        coords=coords, attrs=attrs)
+        coords=coords, attrs={**attrs, "columns": list(columns)})

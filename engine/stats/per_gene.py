@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 
 from engine.errors import InputError, preview
-from engine.stats.multitest import benjamini_hochberg
+from engine.stats.features import (adjust, feature_matrix, map_features, result_dataset,
+                                   sample_annotation)
 from engine.stats.twogroup import PAIRED_TESTS, RESULT_FIELDS, TESTS
 
-#: Variable-name prefix of each test's outputs (``welch_t_p_value``, ...).
+#: Name of each test's statistic, used in task names (``welch_t-expression``).
 PREFIX = {"welch": "welch_t", "student": "student_t", "paired_t": "paired_t",
           "mann_whitney": "mann_whitney_u", "wilcoxon_signed_rank": "wilcoxon_signed_rank"}
 
@@ -26,7 +26,7 @@ DESCRIPTIONS = {
                  "signed-rank V of the positive differences)",
     "df": "degrees of freedom of the t statistic (NaN for rank tests)",
     "p_value": "two-sided p-value",
-    "p_adj": "Benjamini-Hochberg adjusted p-value over the genes with a p-value",
+    "p_adj": "adjusted p-value over the genes with a p-value (method in the attribute adjust)",
     "n_case": "case samples (paired: complete pairs) with a value for the gene",
     "n_control": "control samples (paired: complete pairs) with a value for the gene",
 }
@@ -39,14 +39,6 @@ class TwoGroupDesign:
     case: np.ndarray
     control: np.ndarray
     pairs: np.ndarray | None = None
-
-
-def _labels(ds: xr.Dataset, column: str, what: str) -> np.ndarray:
-    if column not in ds or ds[column].dims != ("sample",):
-        names = sorted(n for n, v in ds.data_vars.items() if v.dims == ("sample",))
-        raise InputError(f"{what} {column!r} is not a sample annotation of the cohort "
-                         f"(available: {preview(names, 30)})")
-    return np.asarray(ds[column].values)
 
 
 def _select(labels: np.ndarray, value, column: str) -> np.ndarray:
@@ -69,11 +61,11 @@ def two_group_design(ds: xr.Dataset, *, group: str, case, control, pair_by: str 
     """Case and control samples by the annotation ``group``; with ``pair_by``, matched pairs."""
     if str(case) == str(control):
         raise InputError(f"case and control are both {case!r}; choose two different groups")
-    labels = _labels(ds, group, "group")
+    labels = sample_annotation(ds, group, "group")
     case_idx, control_idx = _select(labels, case, group), _select(labels, control, group)
     if pair_by is None:
         return TwoGroupDesign(case_idx, control_idx)
-    pair_ids = _labels(ds, pair_by, "pair_by").astype(str)
+    pair_ids = sample_annotation(ds, pair_by, "pair_by").astype(str)
     for idx, name in ((case_idx, case), (control_idx, control)):
         ids = pair_ids[idx]
         ids = ids[(ids != "") & (ids != "nan")]
@@ -91,17 +83,15 @@ def two_group_design(ds: xr.Dataset, *, group: str, case, control, pair_by: str 
                           np.array([control_of[p] for p in common]), np.array(common, dtype=object))
 
 
-def _block_kernel(block: np.ndarray, *, kernel, case: np.ndarray, control: np.ndarray) -> np.ndarray:
-    return kernel(block[:, case], block[:, control])
-
-
 def two_group_test(ds: xr.Dataset, *, test: str, group: str, case, control,
-                   pair_by: str | None = None, variable: str = "expression") -> xr.Dataset:
-    """Per-gene two-group test of ``variable``, lazily; returns ``<prefix>_<field>`` variables.
+                   pair_by: str | None = None, variable: str = "expression",
+                   features=None, adjust_method: str = "BH") -> xr.Dataset:
+    """Per-gene two-group test of ``variable`` (or of numeric annotations ``features``), lazily.
 
+    The result's variables are named as the table's columns.
     ``test`` is one of welch, student, paired_t, mann_whitney, wilcoxon_signed_rank (see
     ``engine.stats.twogroup`` for the conventions and references). Building the result
-    computes nothing; ``p_adj`` is the one global step (BH over all genes with a p-value).
+    computes nothing; ``p_adj`` is the one global step (over all genes with a p-value).
     """
     if test not in TESTS:
         raise InputError(f"unknown test {test!r} (choose from {', '.join(TESTS)})")
@@ -109,29 +99,20 @@ def two_group_test(ds: xr.Dataset, *, test: str, group: str, case, control,
         raise InputError(f"test {test!r} " + ("needs pair_by: the annotation that matches each case "
                          "sample to its control" if test in PAIRED_TESTS else "takes no pair_by"))
     design = two_group_design(ds, group=group, case=case, control=control, pair_by=pair_by)
-    x = ds[variable].data
-    if not isinstance(x, da.Array):
-        x = da.from_array(x, chunks=(x.shape[0], x.shape[1]))
-    x = x.rechunk({1: -1})  # a no-op for stores that follow the contract (genes-only chunks)
-    stacked = x.map_blocks(
-        _block_kernel, kernel=TESTS[test], case=design.case, control=design.control,
-        dtype=np.float64, meta=np.empty((0, 0), np.float64),  # no kernel call to infer meta
-        chunks=(x.chunks[0], (len(RESULT_FIELDS),)),
-        name=f"{PREFIX[test]}-{variable}",
-    )
-    prefix = PREFIX[test]
+    feats = feature_matrix(ds, variable=variable, features=features)
+    stacked = map_features(feats.data, _two_groups, len(RESULT_FIELDS),
+                           name=f"{PREFIX[test]}-{variable}", kernel=TESTS[test],
+                           case=design.case, control=design.control)
     out = {f: stacked[:, i] for i, f in enumerate(RESULT_FIELDS)}
-    p = out["p_value"]
-    out["p_adj"] = p.rechunk(-1).map_blocks(benjamini_hochberg, dtype=np.float64,
-                                            meta=np.empty((0,), np.float64)).rechunk(p.chunks)
+    out["p_adj"] = adjust(out["p_value"], adjust_method)
     order = ["effect", "statistic", "df", "p_value", "p_adj", "n_case", "n_control"]
-    attrs = {"test": test, "group": group, "case": str(case), "control": str(control)}
+    attrs = {"test": test, "group": group, "case": str(case), "control": str(control),
+             "adjust": adjust_method}
     if pair_by is not None:
         attrs["pair_by"] = pair_by
-    result = xr.Dataset(
-        {f"{prefix}_{f}": xr.DataArray(out[f], dims=("gene",),
-                                       attrs={"description": DESCRIPTIONS[f]}) for f in order},
-        coords={"gene": ds["gene"].values},
-        attrs=attrs,
-    )
-    return result
+    return result_dataset({f: out[f] for f in order}, feats, descriptions=DESCRIPTIONS,
+                          attrs=attrs)
+
+
+def _two_groups(block: np.ndarray, *, kernel, case: np.ndarray, control: np.ndarray) -> np.ndarray:
+    return kernel(block[:, case], block[:, control])

@@ -1,0 +1,36 @@
+"""From an analysis spec to its lazy result Dataset: one small function per kind of analysis."""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from engine.jobs import spec
+from engine.stats.limma import formula_model, limma, ols, two_group_model
+from engine.stats.per_gene import two_group_test
+
+
+def _two_group(a: spec.TwoGroupAnalysis, ds: xr.Dataset) -> xr.Dataset:
+    return two_group_test(ds, test=a.test, group=a.group, case=a.case, control=a.control,
+                          pair_by=a.pair_by, variable=a.variable, features=a.features,
+                          adjust_method=a.adjust)
+
+
+def _linear_model(a: spec.LinearModelAnalysis, ds: xr.Dataset) -> xr.Dataset:
+    if a.design is None:
+        model = two_group_model(ds, group=a.group, case=a.case, control=a.control,
+                                pair_by=a.pair_by)
+    else:
+        model = formula_model(ds, design=a.design, coef=a.coef, contrast=a.contrast,
+                              reference=a.reference)
+    common = {"variable": a.variable, "features": a.features, "adjust_method": a.adjust}
+    if a.test == "ols":
+        return ols(ds, model, **common)
+    return limma(ds, model, trend=a.trend, robust=a.robust, **common)
+
+
+PLANNERS = {spec.TwoGroupAnalysis: _two_group, spec.LinearModelAnalysis: _linear_model}
+
+
+def plan_analysis(analysis: spec.Analysis, ds: xr.Dataset) -> xr.Dataset:
+    """The lazy result of one analysis; builds the graph, computes nothing."""
+    return PLANNERS[type(analysis)](analysis, ds)
