@@ -237,3 +237,41 @@ def test_limma_two_group_equals_the_design_form(job_dir):
         "group": None, "case": None, "control": None})]}))["limma_two_group"].compute()
     np.testing.assert_allclose(two["statistic"], -again["statistic"], rtol=1e-10)
     np.testing.assert_allclose(two["p_value"], again["p_value"], rtol=1e-10)
+
+
+def test_two_analyses_of_one_kind_keep_their_own_results(job_dir):
+    """Task keys carry a token of the inputs: swapped groups must not share a graph key."""
+    import dask
+
+    body = ANALYSES.replace("name: paired", "name: swapped").replace(
+        "test: paired_t", "test: welch").replace("    pair_by: patient\n", "")
+    body = body.replace("name: swapped\n    test: welch\n    group: group\n    case: case\n"
+                        "    control: control", "name: swapped\n    test: welch\n    group: group\n"
+                        "    case: control\n    control: case")
+    job = load_job(write_job(job_dir, "cohort: c.zarr\noutput: out\n" + body))
+    planned = plan_job(job)
+    welch, swapped = dask.compute(planned["welch"], planned["swapped"])
+    np.testing.assert_array_equal(welch["statistic"].values, -swapped["statistic"].values)
+
+
+def test_ancova_job_writes_term_slope_and_mean_tables(job_dir, client):
+    body = """
+analyses:
+  - name: anc
+    test: ancova
+    design: "~ group * age"
+    slope_of: age
+    slope_by: group
+    means_of: group
+    anova_type: 3
+"""
+    out = run_job(load_job(write_job(job_dir, "cohort: c.zarr\noutput: out\n" + body)), client)
+    terms = pd.read_csv(out / "anc.tsv", sep="\t", na_values=["NA"])
+    assert list(terms.columns[:3]) == ["term", "gene", "symbol"]
+    assert list(pd.unique(terms["term"])) == ["group", "age", "group:age"]
+    assert terms.groupby("term", sort=False)["p_value"].apply(
+        lambda p: p.dropna().is_monotonic_increasing).all()
+    slopes = pd.read_csv(out / "anc.slope_at.tsv", sep="\t", na_values=["NA"])
+    assert set(slopes["slope_at"]) == {"all", "case", "control"}
+    means = pd.read_csv(out / "anc.mean_at.tsv", sep="\t", na_values=["NA"])
+    assert set(means["mean_at"]) == {"case", "control"} and "mean_ci_low" in means

@@ -5,6 +5,7 @@ from __future__ import annotations
 import xarray as xr
 
 from engine.jobs import spec
+from engine.stats.ancova import ancova
 from engine.stats.limma import formula_model, limma, ols, two_group_model
 from engine.stats.per_gene import two_group_test
 
@@ -28,7 +29,15 @@ def _linear_model(a: spec.LinearModelAnalysis, ds: xr.Dataset) -> xr.Dataset:
     return limma(ds, model, trend=a.trend, robust=a.robust, **common)
 
 
-PLANNERS = {spec.TwoGroupAnalysis: _two_group, spec.LinearModelAnalysis: _linear_model}
+def _ancova(a: spec.AncovaAnalysis, ds: xr.Dataset) -> xr.Dataset:
+    return ancova(ds, design=a.design, reference=a.reference, anova_type=a.anova_type,
+                  slope_of=a.slope_of, slope_by=a.slope_by, means_of=a.means_of,
+                  variable=a.variable, features=a.features, confidence=a.confidence,
+                  adjust=a.adjust)
+
+
+PLANNERS = {spec.TwoGroupAnalysis: _two_group, spec.LinearModelAnalysis: _linear_model,
+            spec.AncovaAnalysis: _ancova}
 
 
 def plan_analysis(analysis: spec.Analysis, ds: xr.Dataset) -> xr.Dataset:

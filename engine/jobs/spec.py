@@ -125,8 +125,37 @@ class LinearModelAnalysis(Analysis):
         return self
 
 
-ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis)
-AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis, Field(discriminator="test")]
+Confidence = Annotated[float, Field(gt=0, lt=1, description="level of the confidence intervals")]
+
+
+class AncovaAnalysis(Analysis):
+    """ANCOVA of each feature on a formula design: F-tests per term, slopes, marginal means."""
+
+    test: Literal["ancova"]
+    design: str = Field(description="formula over sample annotations, e.g. "
+                                    "'~ her2 * hr_status + age' (all first-order interactions)")
+    reference: dict[str, str] = Field(default_factory=dict,
+                                      description="reference level per categorical annotation")
+    anova_type: Literal[2, 3] = Field(default=2, description="type II or III sums of squares "
+                                                             "(statsmodels anova_lm semantics)")
+    slope_of: str | None = Field(default=None, description="continuous covariate whose marginal "
+                                                           "effect (slope) is reported")
+    slope_by: str | None = Field(default=None, description="factor at whose levels the slope "
+                                                           "is also reported")
+    means_of: str | None = Field(default=None, description="factor whose marginal means are "
+                                                           "reported")
+    confidence: Confidence = 0.95
+
+    @model_validator(mode="after")
+    def _slope(self):
+        if self.slope_by is not None and self.slope_of is None:
+            raise ValueError("slope_by needs slope_of (the covariate whose slope is reported)")
+        return self
+
+
+ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis)
+AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis | AncovaAnalysis,
+                        Field(discriminator="test")]
 
 
 def analysis_model(test: str) -> type[Analysis] | None:

@@ -10,7 +10,7 @@ the formula are left out. Column names are formulaic's (``mol.biol[T.BCR/ABL]``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import formulaic
 import numpy as np
@@ -31,6 +31,8 @@ class Design:
     columns: list[str]
     terms: dict[str, list[int]]  # term name -> column positions
     samples: np.ndarray  # positions along the cohort's ``sample`` dimension
+    spec: formulaic.ModelSpec | None = field(default=None, compare=False, repr=False)
+    data: pd.DataFrame | None = field(default=None, compare=False, repr=False)  # of ``samples``
 
     @property
     def df_residual(self) -> int:
@@ -91,7 +93,8 @@ def design_matrix(ds: xr.Dataset, formula: str, *,
                          f"{matrix.shape[0]} samples with complete values: no residual degrees "
                          "of freedom")
     terms = {str(t): list(ix) for t, ix in mm.model_spec.term_indices.items()}
-    return Design(formula, matrix, columns, terms, samples)
+    return Design(formula, matrix, columns, terms, samples, mm.model_spec,
+                  frame.loc[samples].reset_index(drop=True))
 
 
 def contrast_vector(design: Design, contrast: str | Mapping[str, float]) -> np.ndarray:

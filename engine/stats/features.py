@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import dask.array as da
+from dask.base import tokenize
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -112,12 +113,13 @@ def map_features(x: da.Array, fn: Callable[..., np.ndarray], n_fields: int, /, *
     """``fn(block, **kwargs)`` on every feature chunk -> a (features, n_fields) float64 array.
 
     ``fn`` takes a (features x samples) numpy block and returns (features, n_fields) float64.
-    Samples must be one chunk (``feature_matrix`` ensures it).
+    Samples must be one chunk (``feature_matrix`` ensures it). ``name`` labels the tasks; a
+    token of the inputs makes the keys unique, so two analyses in one graph never share keys.
     """
     return x.map_blocks(
         _call, fn=fn, kwargs=kwargs, dtype=np.float64,
         meta=np.empty((0, 0), np.float64),  # no kernel call to infer the output type
-        chunks=(x.chunks[0], (n_fields,)), name=name)
+        chunks=(x.chunks[0], (n_fields,)), name=f"{name}-{tokenize(x, fn, kwargs)}")
 
 
 def _call(block, *, fn, kwargs):

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import dask.array as da
+from dask.base import tokenize
 import numpy as np
 import xarray as xr
 from scipy import stats
@@ -152,7 +153,8 @@ def limma(ds: xr.Dataset, model: Model, *, trend: bool = False, robust: bool = F
     moderated = summary.map_blocks(
         _moderate, trend=trend, robust=robust, adjust_method=adjust_method, dtype=np.float64,
         meta=np.empty((0, 0), np.float64), chunks=(summary.chunks[0], (len(MODERATED),)),
-        name="limma-ebayes").rechunk({0: fit["effect"].chunks[0]})
+        name=f"limma-ebayes-{tokenize(summary, trend, robust, adjust_method)}",
+    ).rechunk({0: fit["effect"].chunks[0]})
     columns = dict(fit, **{c: moderated[:, i] for i, c in enumerate(MODERATED)})
     attrs = {"test": "limma", "trend": int(trend), "robust": int(robust), "adjust": adjust_method,
              **model.attrs}
