@@ -21,14 +21,16 @@ def _describe(spec: dict) -> str:
 
 
 def _analysis_section(name: str, spec: dict, table: pd.DataFrame) -> str:
-    tested = int(table["p_value"].notna().sum())
-    method = spec.get("adjust", "BH")
-    counts = {t: int((table["p_adj"] < t).sum()) for t in (0.05, 0.01)}
+    tested = int(table["p_value"].notna().sum()) if "p_value" in table else 0
+    summary = f"{tested} of {len(table)} rows tested"
+    if "p_adj" in table:
+        method = html.escape(spec.get("adjust", "BH"))
+        counts = {t: int((table["p_adj"] < t).sum()) for t in (0.05, 0.01)}
+        summary += (f"; {counts[0.05]} with {method}-adjusted p &lt; 0.05, {counts[0.01]} with "
+                    "p &lt; 0.01")
     head = table.head(TOP)
     return (
-        f"<h2>{html.escape(name)}</h2><p>{_describe(spec)}. "
-        f"{tested} of {len(table)} rows tested; {counts[0.05]} with {html.escape(method)}-adjusted "
-        f"p &lt; 0.05, {counts[0.01]} with p &lt; 0.01. Full table: "
+        f"<h2>{html.escape(name)}</h2><p>{_describe(spec)}. {summary}. Full table: "
         f"<code>{html.escape(name)}.tsv</code>.</p>"
         + head.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="NA",
                        classes="top", border=0)

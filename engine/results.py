@@ -17,7 +17,7 @@ import xarray as xr
 
 #: Count columns, written as integers (missing stays NA).
 INTEGER_COLUMNS = {"n", "n_case", "n_control", "n_events", "df_residual", "converged",
-                   "separated", "df_num"}
+                   "separated", "df_num", "n_risk", "n_event", "n_censor"}
 FEATURE_DIMS = ("gene", "feature")
 
 
@@ -77,6 +77,9 @@ def result_tables(result: xr.Dataset, annotations: pd.DataFrame) -> dict[str, pd
         table = _table(result, dims, names, annotations)
         if dims == main:
             tables[""] = _sorted(table, dims) if "p_value" in names else table
+        elif dims == ("group", "step"):  # Kaplan-Meier curves, padded to a common length
+            curve = table[table["time"].notna()].drop(columns="step")
+            tables["curve"] = curve.reset_index(drop=True)
         else:
             tables[dims[0] if dims[0] not in FEATURE_DIMS else "_".join(dims)] = table
     return tables

@@ -275,3 +275,42 @@ analyses:
     assert set(slopes["slope_at"]) == {"all", "case", "control"}
     means = pd.read_csv(out / "anc.mean_at.tsv", sep="\t", na_values=["NA"])
     assert set(means["mean_at"]) == {"case", "control"} and "mean_ci_low" in means
+
+
+def test_cox_and_kaplan_meier_jobs(tmp_path, client):
+    from conftest import write_cohort_files
+
+    files = write_cohort_files(tmp_path, n_genes=30, n_per_group=15, seed=4)
+    sheet = pd.read_csv(files["samples"], sep="\t", dtype=str)
+    rng = np.random.default_rng(1)
+    sheet["months"] = np.round(rng.exponential(20, len(sheet)), 1)
+    sheet["status"] = np.where(rng.random(len(sheet)) < 0.7, "dead", "alive")
+    sheet.to_csv(files["samples"], sep="\t", index=False)
+    ingest(files["matrix"], files["samples"], tmp_path / "c.zarr", genes=files["genes"])
+    body = """
+analyses:
+  - name: cox_split
+    test: cox
+    time: months
+    event: status
+    event_value: dead
+    split: median
+    stratify_by: group
+  - name: km
+    test: kaplan_meier
+    time: months
+    event: status
+    event_value: dead
+    group: G003
+    split: median
+"""
+    out = run_job(load_job(write_job(tmp_path, "cohort: c.zarr\noutput: out\n" + body)), client)
+    cox = pd.read_csv(out / "cox_split.tsv", sep="\t", na_values=["NA"])
+    assert list(cox.columns[:3]) == ["stratum", "gene", "symbol"]
+    assert {"hazard_ratio", "ci_low", "ci_high", "p_logrank", "n_events"} <= set(cox.columns)
+    assert set(cox["stratum"]) == {"case", "control"}
+    km = pd.read_csv(out / "km.tsv", sep="\t", na_values=["NA"])
+    assert set(km["group"]) == {"low", "high"} and km["p_value"].nunique() == 1
+    curve = pd.read_csv(out / "km.curve.tsv", sep="\t", na_values=["NA"])
+    assert curve["time"].notna().all() and set(curve["group"]) == {"low", "high"}
+    assert (curve.groupby("group")["survival"].apply(lambda s: s.is_monotonic_decreasing)).all()

@@ -6,8 +6,10 @@ import xarray as xr
 
 from engine.jobs import spec
 from engine.stats.ancova import ancova
+from engine.stats.cox import cox
 from engine.stats.limma import formula_model, limma, ols, two_group_model
 from engine.stats.per_gene import two_group_test
+from engine.stats.survival import kaplan_meier
 
 
 def _two_group(a: spec.TwoGroupAnalysis, ds: xr.Dataset) -> xr.Dataset:
@@ -36,10 +38,24 @@ def _ancova(a: spec.AncovaAnalysis, ds: xr.Dataset) -> xr.Dataset:
                   adjust=a.adjust)
 
 
+def _cox(a: spec.CoxAnalysis, ds: xr.Dataset) -> xr.Dataset:
+    return cox(ds, time=a.time, event=a.event, event_value=a.event_value, split=a.split,
+               covariates=a.covariates, stratify_by=a.stratify_by, ties=a.ties,
+               variable=a.variable, features=a.features, confidence=a.confidence,
+               adjust=a.adjust)
+
+
+def _kaplan_meier(a: spec.KaplanMeierAnalysis, ds: xr.Dataset) -> xr.Dataset:
+    return kaplan_meier(ds, time=a.time, event=a.event, event_value=a.event_value,
+                        group=a.group, split=a.split, variable=a.variable,
+                        confidence=a.confidence)
+
+
 PLANNERS = {spec.TwoGroupAnalysis: _two_group, spec.LinearModelAnalysis: _linear_model,
-            spec.AncovaAnalysis: _ancova}
+            spec.AncovaAnalysis: _ancova, spec.CoxAnalysis: _cox,
+            spec.KaplanMeierAnalysis: _kaplan_meier}
 
 
-def plan_analysis(analysis: spec.Analysis, ds: xr.Dataset) -> xr.Dataset:
+def plan_analysis(analysis: spec.Strict, ds: xr.Dataset) -> xr.Dataset:
     """The lazy result of one analysis; builds the graph, computes nothing."""
     return PLANNERS[type(analysis)](analysis, ds)

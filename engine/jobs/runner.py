@@ -41,7 +41,7 @@ def plan_job(job: Job, cohort: xr.Dataset | None = None) -> dict[str, xr.Dataset
     cohort = open_cohort(job.cohort) if cohort is None else cohort
     planned = {}
     for a in job.analyses:
-        if not a.features and (a.variable not in cohort
+        if not getattr(a, "features", None) and (a.variable not in cohort
                                or cohort[a.variable].dims != ("gene", "sample")):
             raise InputError(f"analysis {a.name!r}: variable {a.variable!r} is not a "
                              "(gene, sample) variable of the cohort")
@@ -56,7 +56,8 @@ def adjust_families(job: Job, tables: dict[str, pd.DataFrame]) -> dict:
     """Adds ``p_adj_family`` to the main tables of each declared family; returns the record of
     every adjustment made (per analysis and per family) for provenance."""
     record = {"analyses": {a.name: {"method": a.adjust, "family": "each stratum/term/contrast "
-                                    "of the analysis, over its features"} for a in job.analyses},
+                                    "of the analysis, over its features"}
+                           for a in job.analyses if hasattr(a, "adjust")},
               "families": []}
     for family in job.families:
         p = np.concatenate([tables[a]["p_value"].to_numpy(np.float64) for a in family.analyses])

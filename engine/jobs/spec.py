@@ -153,12 +153,55 @@ class AncovaAnalysis(Analysis):
         return self
 
 
-ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis)
-AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis | AncovaAnalysis,
-                        Field(discriminator="test")]
+Split = Annotated[Literal["median"] | Annotated[float, Field(gt=0, lt=1)] | None, Field(
+    description="dichotomise the feature: 'median' or a quantile q (high = value > quantile)")]
 
 
-def analysis_model(test: str) -> type[Analysis] | None:
+class SurvivalOutcome(Strict):
+    time: str = Field(description="numeric sample annotation: follow-up time (>= 0)")
+    event: str = Field(description="0/1 sample annotation, or any annotation with event_value")
+    event_value: Label | None = Field(default=None, description="the value of event that "
+                                                                "marks an event")
+
+    @field_validator("event_value", mode="before")
+    @classmethod
+    def _labels(cls, value):
+        return _not_boolean(value)
+
+
+class CoxAnalysis(Analysis, SurvivalOutcome):
+    """Cox proportional hazards per feature (continuous or split), optionally adjusted."""
+
+    test: Literal["cox"]
+    split: Split = None
+    covariates: list[str] = Field(default_factory=list,
+                                  description="sample annotations to adjust for")
+    stratify_by: str | None = Field(default=None, description="separate fits per value")
+    ties: Literal["efron", "breslow"] = Field(default="efron", description="R coxph default "
+                                              "efron; statsmodels PHReg default breslow")
+    confidence: Confidence = 0.95
+
+
+class KaplanMeierAnalysis(SurvivalOutcome):
+    """Kaplan-Meier curves by group with the log-rank test."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="analysis name; also the table's name")
+    test: Literal["kaplan_meier"]
+    group: str | None = Field(default=None, description="a sample annotation or a gene ID "
+                                                        "(genes and numeric annotations need "
+                                                        "split)")
+    split: Split = None
+    variable: str = Field(default="expression", description="variable of a gene group")
+    confidence: Confidence = 0.95
+
+
+ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis, CoxAnalysis,
+            KaplanMeierAnalysis)
+AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis | AncovaAnalysis | CoxAnalysis
+                        | KaplanMeierAnalysis, Field(discriminator="test")]
+
+
+def analysis_model(test: str) -> type[Strict] | None:
     """The spec model of the analyses with this ``test``."""
     for model in ANALYSES:
         if test in model.model_fields["test"].annotation.__args__:
