@@ -101,10 +101,13 @@ def cmd_demo(a) -> None:
     shutil.copyfile(demo_job(), job_path)
     out = _run(job_path, a)
     for table in sorted(out.glob("*.tsv")):
+        if "." in table.stem:  # an analysis's extra table (slopes, curves, ...)
+            continue
         top = pd.read_csv(table, sep="\t", nrows=5, keep_default_na=False, na_values=["NA"])
-        print(f"\n{table.stem}: top genes")
-        print(top[["gene", "symbol", "effect", "statistic", "p_value", "p_adj"]]
-              .to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        shown = [c for c in ("stratum", "gene", "symbol", "effect", "statistic", "p_value",
+                             "p_adj") if c in top]
+        print(f"\n{table.stem}: top rows")
+        print(top[shown].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
 
 def build_parser() -> argparse.ArgumentParser:

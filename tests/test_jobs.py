@@ -314,3 +314,22 @@ analyses:
     curve = pd.read_csv(out / "km.curve.tsv", sep="\t", na_values=["NA"])
     assert curve["time"].notna().all() and set(curve["group"]) == {"low", "high"}
     assert (curve.groupby("group")["survival"].apply(lambda s: s.is_monotonic_decreasing)).all()
+
+
+def test_correlation_job_with_strata_and_a_gene_screen(job_dir, client):
+    body = """
+analyses:
+  - name: age_rho
+    test: spearman
+    covariate: age
+    stratify_by: group
+  - name: screen
+    test: pearson
+    gene: G003
+"""
+    out = run_job(load_job(write_job(job_dir, "cohort: c.zarr\noutput: out\n" + body)), client)
+    rho = pd.read_csv(out / "age_rho.tsv", sep="\t", na_values=["NA"])
+    assert list(rho.columns) == ["stratum", "gene", "symbol", "statistic", "p_value", "p_adj",
+                                 "ci_low", "ci_high", "n"]
+    screen = pd.read_csv(out / "screen.tsv", sep="\t", na_values=["NA"])
+    assert screen.loc[0, "gene"] == "G003" and screen.loc[0, "statistic"] == 1.0

@@ -6,6 +6,7 @@ import xarray as xr
 
 from engine.jobs import spec
 from engine.stats.ancova import ancova
+from engine.stats.correlation import correlation
 from engine.stats.cox import cox
 from engine.stats.limma import formula_model, limma, ols, two_group_model
 from engine.stats.per_gene import two_group_test
@@ -38,6 +39,12 @@ def _ancova(a: spec.AncovaAnalysis, ds: xr.Dataset) -> xr.Dataset:
                   adjust=a.adjust)
 
 
+def _correlation(a: spec.CorrelationAnalysis, ds: xr.Dataset) -> xr.Dataset:
+    return correlation(ds, method=a.test, covariate=a.covariate, gene=a.gene,
+                       stratify_by=a.stratify_by, variable=a.variable, features=a.features,
+                       exact=a.exact, confidence=a.confidence, adjust=a.adjust)
+
+
 def _cox(a: spec.CoxAnalysis, ds: xr.Dataset) -> xr.Dataset:
     return cox(ds, time=a.time, event=a.event, event_value=a.event_value, split=a.split,
                covariates=a.covariates, stratify_by=a.stratify_by, ties=a.ties,
@@ -52,7 +59,8 @@ def _kaplan_meier(a: spec.KaplanMeierAnalysis, ds: xr.Dataset) -> xr.Dataset:
 
 
 PLANNERS = {spec.TwoGroupAnalysis: _two_group, spec.LinearModelAnalysis: _linear_model,
-            spec.AncovaAnalysis: _ancova, spec.CoxAnalysis: _cox,
+            spec.AncovaAnalysis: _ancova, spec.CorrelationAnalysis: _correlation,
+            spec.CoxAnalysis: _cox,
             spec.KaplanMeierAnalysis: _kaplan_meier}
 
 

@@ -195,10 +195,33 @@ class KaplanMeierAnalysis(SurvivalOutcome):
     confidence: Confidence = 0.95
 
 
-ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis, CoxAnalysis,
-            KaplanMeierAnalysis)
-AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis | AncovaAnalysis | CoxAnalysis
-                        | KaplanMeierAnalysis, Field(discriminator="test")]
+class CorrelationAnalysis(Analysis):
+    """Pearson or Spearman correlation of each feature with a covariate or with one gene."""
+
+    test: Literal["pearson", "spearman"]
+    covariate: str | None = Field(default=None, description="numeric sample annotation; "
+                                  "samples without a value are dropped")
+    gene: str | None = Field(default=None, description="a gene ID: correlate every feature "
+                                                       "with this gene (a screen)")
+    stratify_by: str | None = Field(default=None, description="one result block per value")
+    exact: bool = Field(default=False, description="spearman: R cor.test's exact p (AS 89) "
+                                                   "where there are no ties and n <= 1290")
+    confidence: Confidence = 0.95
+
+    @model_validator(mode="after")
+    def _partner(self):
+        if (self.covariate is None) == (self.gene is None):
+            raise ValueError("give exactly one of covariate (a sample annotation) or gene")
+        if self.exact and self.test != "spearman":
+            raise ValueError("exact is a spearman option")
+        return self
+
+
+ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis, CorrelationAnalysis,
+            CoxAnalysis, KaplanMeierAnalysis)
+AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis | AncovaAnalysis
+                        | CorrelationAnalysis | CoxAnalysis | KaplanMeierAnalysis,
+                        Field(discriminator="test")]
 
 
 def analysis_model(test: str) -> type[Strict] | None:

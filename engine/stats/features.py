@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import dask
 import dask.array as da
 from dask.base import tokenize
 import numpy as np
@@ -98,14 +99,20 @@ def feature_matrix(ds: xr.Dataset, *, variable: str = "expression",
     return Features(x.rechunk({1: -1}), "gene", np.asarray(ds["gene"].values).astype(object))
 
 
-def gene_row(ds: xr.Dataset, gene: str, variable: str = "expression") -> np.ndarray:
-    """One gene's values across samples (float64), e.g. the partner of a correlation screen."""
+def gene_row(ds: xr.Dataset, gene: str, variable: str = "expression"):
+    """One gene's values across samples (float64), e.g. the partner of a correlation screen;
+    lazy (a ``dask.delayed``) when the variable is a Dask array, so building reads nothing."""
+    if variable not in ds or ds[variable].dims != ("gene", "sample"):
+        raise InputError(f"variable {variable!r} is not a (gene, sample) variable of the cohort")
     ids = np.asarray(ds["gene"].values).astype(str)
     hit = np.flatnonzero(ids == str(gene))
     if hit.size == 0:
         raise InputError(f"gene {gene!r} is not in the cohort (genes look like: "
                          f"{preview(list(ids[:5]))})")
-    return np.asarray(ds[variable][hit[0]].values, dtype=np.float64)
+    row = ds[variable].data[hit[0]]
+    if isinstance(row, da.Array):
+        return dask.delayed(np.asarray, pure=True)(row, dtype=np.float64)
+    return np.asarray(row, dtype=np.float64)
 
 
 def map_features(x: da.Array, fn: Callable[..., np.ndarray], n_fields: int, /, *,

@@ -1,0 +1,373 @@
+"""Per-feature correlation with one partner: Pearson r and Spearman rho, test and Fisher CI.
+
+Kernels take a (features x samples) block ``x`` and the partner ``y`` (samples,), NaN meaning
+missing, and return a float64 ``(features, 5)`` array whose columns are ``RESULT_FIELDS``:
+``statistic`` (r or rho), ``p_value``, ``ci_low``, ``ci_high``, ``n``. Each feature uses its
+pairwise-complete samples (the feature and ``y`` both present); Spearman ranks both on exactly
+those samples (average ranks for ties), as R ``cor.test`` does after ``complete.cases``.
+Inputs may be float32; everything is computed in float64.
+
+Conventions (R ``cor.test``, scipy ``pearsonr`` / ``spearmanr``):
+
+* p_value: two-sided, t = r sqrt((n - 2) / (1 - r^2)) with n - 2 df (R ``cor.test(method=
+  "pearson")`` and ``cor.test(method="spearman", exact=FALSE)``). ``exact=True`` (Spearman
+  only) gives R's exact-test p instead wherever R computes one, i.e. the feature's complete
+  samples have no ties in the feature or in ``y`` and n <= 1290: Algorithm AS 89 (exact
+  enumeration for n <= 9, Edgeworth series above), R ``cor.test(method="spearman",
+  exact=TRUE)``; elsewhere the t approximation, as R falls back to it.
+* ci_low, ci_high: Fisher z interval tanh(atanh(r) +- z_{(1 + confidence)/2} / sqrt(n - 3))
+  (R ``cor.test(method="pearson")$conf.int``, scipy ``pearsonr(...).confidence_interval()``).
+  For Spearman the same formula is applied to rho (as ``psych::corr.test`` does; R
+  ``cor.test`` gives no interval for rho).
+* Undefined results are NaN, never an error or a warning: the statistic needs n >= 2, the
+  p-value n >= 3, the interval n >= 4, and all three a feature and a partner that are not
+  constant on the complete samples. |r| = 1 gives p = 0 (t approximation) and the interval
+  [r, r].
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+
+import bottleneck as bn
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from scipy import special
+
+from engine.errors import InputError
+from engine.stats import multitest
+from engine.stats.features import (
+    feature_matrix,
+    gene_row,
+    map_features,
+    numeric_annotation,
+    result_dataset,
+    strata,
+)
+from engine.stats.features import adjust as adjust_p
+
+__all__ = [
+    "EXACT_MAX_N",
+    "METHODS",
+    "RESULT_FIELDS",
+    "correlation",
+    "pearson",
+    "spearman",
+    "spearman_exact_p",
+]
+
+RESULT_FIELDS = ("statistic", "p_value", "ci_low", "ci_high", "n")
+
+#: Largest n for which R's ``cor.test(method="spearman", exact=TRUE)`` uses AS 89.
+EXACT_MAX_N = 1290
+#: AS 89 as in R enumerates all n! permutations up to this n (Edgeworth series above).
+_ENUMERATE_MAX_N = 9
+
+
+def _inputs(x, y):
+    """float64 block and partner with the samples where ``y`` is missing dropped."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"x must be a 2-D (features x samples) array, got shape {x.shape}")
+    if y.shape != (x.shape[1],):
+        raise ValueError(f"y must be a vector of the block's {x.shape[1]} samples, "
+                         f"got shape {y.shape}")
+    present = ~np.isnan(y)
+    return x[:, present], y[present]
+
+
+def _pearson_r(x, y, masked: bool):
+    """Pearson r and n of each row of ``x`` with ``y``.
+
+    ``y`` is either one (1, m) row shared by every row of ``x`` (``x`` without NaN), or, when
+    ``masked``, a (features, m) block with NaN exactly where ``x`` has NaN. Sums are centred
+    (two passes) and the three sums use the same reduction, so a row equal to ``y`` gives
+    r == 1 exactly.
+    """
+    count = (~np.isnan(x)).sum(axis=1) if masked else np.full(x.shape[0], x.shape[1])
+    if x.shape[1] == 0:
+        return np.full(x.shape[0], np.nan), count.astype(np.float64)
+    mean, total, high, low = ((bn.nanmean, np.nansum, bn.nanmax, bn.nanmin) if masked
+                              else (np.mean, np.sum, np.max, np.min))
+    xc = x - mean(x, axis=1)[:, None]
+    yc = y - mean(y, axis=1)[:, None]
+    sxy = total(xc * yc, axis=1)
+    sxx = total(xc * xc, axis=1)
+    syy = total(yc * yc, axis=1)
+    # Exactly constant data would give a rounding-noise r; R cor() says NA (zero sd).
+    constant = (high(x, axis=1) == low(x, axis=1)) | (high(y, axis=1) == low(y, axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.clip(sxy / np.sqrt(sxx * syy), -1.0, 1.0)
+    r[constant | (count < 2)] = np.nan
+    return r, count.astype(np.float64)
+
+
+def _split_by_missing(x):
+    """Rows with every sample present (one shared partner) and rows with missing values."""
+    missing = np.isnan(x)
+    incomplete = missing.any(axis=1)
+    return np.flatnonzero(~incomplete), np.flatnonzero(incomplete), missing[incomplete]
+
+
+def _correlate(x, y, rank: bool):
+    """r (Spearman: of the average ranks on each row's complete samples) and n per row.
+
+    Rows without missing values share one partner (and its ranks): block operations against
+    one vector. Rows with missing values get the partner masked to their samples, ranked per
+    row; still whole-block operations, so no loop over missing-value patterns is needed.
+    """
+    full, partial, missing = _split_by_missing(x)
+    r = np.empty(x.shape[0])
+    n = np.empty(x.shape[0])
+    if full.size:
+        xf, yf = x[full], y[None, :]
+        if rank:
+            xf, yf = bn.rankdata(xf, axis=1), bn.rankdata(yf, axis=1)
+        r[full], n[full] = _pearson_r(xf, yf, masked=False)
+    if partial.size:
+        # y restricted to each row's complete samples; ranks are recomputed on those samples.
+        xp, yp = x[partial], np.where(missing, np.nan, y)
+        if rank:
+            xp, yp = bn.nanrankdata(xp, axis=1), bn.nanrankdata(yp, axis=1)
+        r[partial], n[partial] = _pearson_r(xp, yp, masked=True)
+    return r, n
+
+
+def _has_ties(a):
+    """Per row: do two present (non-NaN) values tie? NaN never equals anything."""
+    ordered = np.sort(a, axis=1)
+    return (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+
+
+def _t_p_value(r, n):
+    """Two-sided p of t = r sqrt(df / (1 - r^2)), df = n - 2 (R ``cor.test``); |r| = 1 -> 0."""
+    df = n - 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = r * np.sqrt(df / ((1.0 - r) * (1.0 + r)))
+        p = 2.0 * special.stdtr(df, -np.abs(t))
+    p[~(n >= 3) | np.isnan(r)] = np.nan
+    return p
+
+
+def _fisher_interval(r, n, confidence):
+    """tanh(atanh(r) -+ z_{(1+confidence)/2} / sqrt(n - 3)); [r, r] when |r| = 1; NaN if n < 4."""
+    half = special.ndtri((1.0 + confidence) / 2.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.arctanh(r)
+        se = 1.0 / np.sqrt(n - 3)
+        low, high = np.tanh(z - half * se), np.tanh(z + half * se)
+    perfect = np.abs(r) == 1.0
+    low[perfect] = high[perfect] = r[perfect]
+    undefined = ~(n >= 4) | np.isnan(r)
+    low[undefined] = high[undefined] = np.nan
+    return low, high
+
+
+def _check_confidence(confidence):
+    if not (isinstance(confidence, (int, float)) and 0.0 < confidence < 1.0):
+        raise InputError(f"confidence must be a number between 0 and 1 (e.g. 0.95), "
+                         f"got {confidence!r}")
+
+
+def _result(r, n, p, confidence):
+    low, high = _fisher_interval(r, n, confidence)
+    return np.stack([r, p, low, high, n], axis=1)
+
+
+def pearson(x, y, *, confidence: float = 0.95) -> np.ndarray:
+    """Pearson correlation of each row of ``x`` with ``y``: (features, 5) ``RESULT_FIELDS``.
+
+    Reference: R ``cor.test(x, y, method="pearson", conf.level=confidence)`` (estimate,
+    p.value, conf.int); scipy ``pearsonr(x, y)`` and its ``confidence_interval()``.
+    Pairwise-complete samples per feature; see the module docstring for the conventions.
+    """
+    _check_confidence(confidence)
+    x, y = _inputs(x, y)
+    r, n = _correlate(x, y, rank=False)
+    return _result(r, n, _t_p_value(r, n), confidence)
+
+
+def spearman(x, y, *, confidence: float = 0.95, exact: bool = False) -> np.ndarray:
+    """Spearman rank correlation of each row of ``x`` with ``y``: (features, 5) ``RESULT_FIELDS``.
+
+    Reference: R ``cor.test(x, y, method="spearman", exact=FALSE)`` (rho = Pearson r of the
+    average ranks of the complete samples; t-approximation p), scipy ``spearmanr``. With
+    ``exact=True``, p_value is R's ``cor.test(..., exact=TRUE)`` p (AS 89, see
+    ``spearman_exact_p``) for features whose complete samples have no ties and n <= 1290, the
+    t approximation otherwise. ci is the Fisher z interval applied to rho.
+    """
+    _check_confidence(confidence)
+    x, y = _inputs(x, y)
+    rho, n = _correlate(x, y, rank=True)
+    p = _t_p_value(rho, n)
+    if exact:
+        ties = _has_ties(x) | _has_ties(np.where(np.isnan(x), np.nan, y))
+        use = ~ties & (n >= 3) & (n <= EXACT_MAX_N) & ~np.isnan(rho)
+        p[use] = spearman_exact_p(rho[use], n[use])
+    return _result(rho, n, p, confidence)
+
+
+@functools.lru_cache(maxsize=None)
+def _null_s(n: int) -> np.ndarray:
+    """Sorted S = sum_i (i - p_i)^2 over all n! permutations p (the exact null of AS 89)."""
+    perms = np.fromiter(itertools.chain.from_iterable(itertools.permutations(range(n))),
+                        dtype=np.int64, count=n * np.prod(np.arange(1, n + 1))).reshape(-1, n)
+    s = ((perms - np.arange(n)) ** 2).sum(axis=1)
+    s.sort()
+    return s
+
+
+_EDGEWORTH = (0.2274, 0.2531, 0.1745, 0.0758, 0.1033, 0.3932,
+              0.0879, 0.0151, 0.0072, 0.0831, 0.0131, 4.6e-4)
+
+
+def _prho(s, n, lower):
+    """R's ``prho`` (Algorithm AS 89, Best & Roberts 1975, as in R's stats/src/prho.c).
+
+    Pr[S >= s] (upper) or Pr[S < s] (``lower``) for S = (n^3 - n)(1 - rho) / 6 under
+    independence: all permutations counted for n <= 9, the Edgeworth series above.
+    """
+    p = np.where(lower, 0.0, 1.0)
+    n3 = n * (n * n - 1.0) / 3.0
+    above = s > n3
+    p[above] = 1.0 - p[above]
+    todo = (s > 0) & ~above
+    for size in np.unique(n[todo & (n <= _ENUMERATE_MAX_N)]):
+        at = np.flatnonzero(todo & (n == size))
+        null = _null_s(int(size))
+        at_least = null.size - np.searchsorted(null, s[at], side="left")
+        p[at] = np.where(lower[at], null.size - at_least, at_least) / null.size
+    at = np.flatnonzero(todo & (n > _ENUMERATE_MAX_N))
+    if at.size:
+        c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12 = _EDGEWORTH
+        m, si, lo = n[at], s[at], lower[at]
+        b = 1.0 / m
+        x = (6.0 * (si - 1) * b / (m * m - 1) - 1) * np.sqrt(m - 1)
+        y = x * x
+        u = x * b * (c1 + b * (c2 + c3 * b)
+                     + y * (-c4 + b * (c5 + c6 * b)
+                            - y * b * (c7 + c8 * b
+                                       - y * (c9 - c10 * b + y * b * (c11 - c12 * y)))))
+        with np.errstate(over="ignore"):
+            y = u / np.exp(y / 2.0)
+        normal = np.where(lo, special.ndtr(x), special.ndtr(-x))
+        p[at] = np.clip(np.where(lo, -y, y) + normal, 0.0, 1.0)
+    return p
+
+
+def spearman_exact_p(rho, n) -> np.ndarray:
+    """Two-sided p of R ``cor.test(method="spearman", exact=TRUE)`` for untied data.
+
+    ``rho`` and ``n`` are arrays of the same shape (n >= 2 and <= 1290; the caller checks ties).
+    S = (n^3 - n)(1 - rho) / 6; p = min(1, 2 Pr[S >= round(S)]) when S is above its null mean,
+    else min(1, 2 Pr[S <= round(S)]) (R computes the latter as Pr[S < round(S) + 2]: S is
+    even); probabilities from Algorithm AS 89 (``_prho``). As in R, the Edgeworth series is
+    clipped to [0, 1], so strong correlations at moderate n get p = 0.
+    """
+    rho, n = np.broadcast_arrays(np.asarray(rho, dtype=np.float64),
+                                 np.asarray(n, dtype=np.float64))
+    shape = rho.shape
+    rho, n = rho.ravel(), n.ravel()
+    q = (n**3 - n) * (1.0 - rho) / 6.0
+    lower = ~(q > (n**3 - n) / 6.0)
+    p = _prho(np.round(q) + 2.0 * lower, n, lower)
+    return np.minimum(2.0 * p, 1.0).reshape(shape)
+
+
+KERNELS = {"pearson": pearson, "spearman": spearman}
+METHODS = tuple(KERNELS)
+
+
+def _stratified(block, *, method, y, samples, options):
+    """One read of a chunk: the kernel on each stratum's samples, fields side by side."""
+    y = np.asarray(y, dtype=np.float64)
+    return np.concatenate([KERNELS[method](block[:, idx], y[idx], **options) for idx in samples],
+                          axis=1)
+
+
+def _descriptions(method: str, partner: str, confidence: float, exact: bool, adjust: str):
+    name = {"pearson": "Pearson correlation r", "spearman": "Spearman rank correlation rho"}
+    if method == "spearman" and exact:
+        p_rule = ("two-sided p-value: exact (Algorithm AS 89, R cor.test exact=TRUE) where the "
+                  "complete samples have no ties and n <= 1290, else the t approximation "
+                  "with n - 2 df")
+    else:
+        p_rule = "two-sided p-value, t approximation with n - 2 df"
+    level = f"{confidence * 100:g}%"
+    return {
+        "statistic": f"{name[method]} of the feature with {partner} over the samples with both "
+                     "values",
+        "p_value": p_rule,
+        "p_adj": f"{adjust} adjusted p-value over the features with a p-value"
+                 " (separately per stratum)",
+        "ci_low": f"lower bound of the {level} Fisher z confidence interval of the correlation",
+        "ci_high": f"upper bound of the {level} Fisher z confidence interval of the correlation",
+        "n": f"samples with a value of both the feature and {partner}",
+    }
+
+
+def correlation(ds: xr.Dataset, *, method: str, covariate: str | None = None,
+                gene: str | None = None, stratify_by: str | None = None,
+                variable: str = "expression", features: Sequence[str] | None = None,
+                exact: bool = False, confidence: float = 0.95, adjust: str = "BH") -> xr.Dataset:
+    """Correlation of every feature with a numeric sample annotation or with one gene, lazily.
+
+    The partner is ``covariate`` (a numeric sample annotation; samples without a value are
+    left out) or ``gene`` (that gene's values in ``variable``: a gene-vs-all screen, where the
+    gene's own row has r = 1). Features are the genes of ``variable`` or, with ``features``,
+    numeric sample annotations (dim ``feature``). ``method`` is ``pearson`` or ``spearman``;
+    see the module docstring for conventions and references. With ``stratify_by``, every
+    variable has dims (``stratum``, feature) and is computed from one read of each chunk;
+    without, (feature,). Variables: statistic, p_value, p_adj (``adjust`` over the features of
+    each stratum), ci_low, ci_high, n. Building the result computes nothing.
+    """
+    if method not in KERNELS:
+        raise InputError(f"unknown correlation method {method!r} (choose from "
+                         f"{', '.join(METHODS)})")
+    if (covariate is None) == (gene is None):
+        raise InputError("correlation needs exactly one partner: covariate (a numeric sample "
+                         "annotation) or gene (a gene ID, for a gene-vs-all screen)")
+    if exact and method != "spearman":
+        raise InputError("exact p-values exist for method 'spearman' only; drop exact")
+    _check_confidence(confidence)
+    if adjust not in multitest.METHODS:
+        raise InputError(f"unknown p-value adjustment {adjust!r} (choose from "
+                         f"{', '.join(multitest.METHODS)})")
+    rows = feature_matrix(ds, variable=variable, features=features)
+    if covariate is not None:
+        y = numeric_annotation(ds, covariate, "covariate")
+        if np.isnan(y).all():
+            raise InputError(f"covariate {covariate!r} has no values")
+        partner, attrs = f"covariate {covariate!r}", {"covariate": covariate}
+    else:
+        y = gene_row(ds, gene, variable)
+        partner, attrs = f"gene {gene!r}", {"gene": str(gene)}
+    groups = strata(ds, stratify_by)
+    options = {"confidence": float(confidence)} | ({"exact": True} if exact else {})
+    samples = [g.samples for g in groups]
+    width = len(RESULT_FIELDS)
+    token = tokenize(rows.data.name, method, y, samples, options)
+    stacked = map_features(rows.data, _stratified, width * len(groups),
+                           name=f"correlation-{method}-{token}", method=method, y=y,
+                           samples=samples, options=options)
+    columns = {}
+    for i, field in enumerate(RESULT_FIELDS):
+        per_stratum = [stacked[:, s * width + i] for s in range(len(groups))]
+        columns[field] = per_stratum
+    columns["p_adj"] = [adjust_p(p, adjust) for p in columns["p_value"]]
+    order = ("statistic", "p_value", "p_adj", "ci_low", "ci_high", "n")
+    if stratify_by is None:
+        arrays, extra = {f: columns[f][0] for f in order}, None
+    else:
+        arrays = {f: da.stack(columns[f]) for f in order}
+        extra = {"stratum": [g.label for g in groups]}
+        attrs["stratify_by"] = stratify_by
+    attrs |= {"test": method, "confidence": float(confidence), "exact": bool(exact),
+              "adjust": adjust, "variable": variable}
+    return result_dataset(arrays, rows, attrs=attrs, extra_dims=extra,
+                          descriptions=_descriptions(method, partner, confidence, exact, adjust))
