@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dask
@@ -7,7 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hypothesis import settings
+
 from engine.datasets import ingest_all
+
+# Property tests draw the same examples on every run (CI must not depend on luck);
+# HYPOTHESIS_PROFILE=explore draws new ones.
+settings.register_profile("repeatable", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 DATA = Path(__file__).parent / "data"
 

@@ -333,3 +333,18 @@ analyses:
                                  "ci_low", "ci_high", "n"]
     screen = pd.read_csv(out / "screen.tsv", sep="\t", na_values=["NA"])
     assert screen.loc[0, "gene"] == "G003" and screen.loc[0, "statistic"] == 1.0
+
+
+def test_logistic_job_with_interaction(job_dir, client):
+    body = """
+analyses:
+  - name: or_per_sd
+    test: logistic
+    outcome: group
+    event: case
+    covariates: [age]
+"""
+    out = run_job(load_job(write_job(job_dir, "cohort: c.zarr\noutput: out\n" + body)), client)
+    table = pd.read_csv(out / "or_per_sd.tsv", sep="\t", na_values=["NA"])
+    assert {"odds_ratio", "ci_low", "ci_high", "separated", "converged"} <= set(table.columns)
+    assert table["n"].dtype.kind in "iu" or str(table["n"].dtype) == "Int64"

@@ -9,6 +9,7 @@ from engine.stats.ancova import ancova
 from engine.stats.correlation import correlation
 from engine.stats.cox import cox
 from engine.stats.limma import formula_model, limma, ols, two_group_model
+from engine.stats.logistic import logistic
 from engine.stats.per_gene import two_group_test
 from engine.stats.survival import kaplan_meier
 
@@ -45,6 +46,13 @@ def _correlation(a: spec.CorrelationAnalysis, ds: xr.Dataset) -> xr.Dataset:
                        exact=a.exact, confidence=a.confidence, adjust=a.adjust)
 
 
+def _logistic(a: spec.LogisticAnalysis, ds: xr.Dataset) -> xr.Dataset:
+    return logistic(ds, outcome=a.outcome, event=a.event, reference=a.reference,
+                    predictor_scale=a.predictor_scale, covariates=a.covariates,
+                    stratify_by=a.stratify_by, interaction=a.interaction, variable=a.variable,
+                    features=a.features, confidence=a.confidence, adjust=a.adjust)
+
+
 def _cox(a: spec.CoxAnalysis, ds: xr.Dataset) -> xr.Dataset:
     return cox(ds, time=a.time, event=a.event, event_value=a.event_value, split=a.split,
                covariates=a.covariates, stratify_by=a.stratify_by, ties=a.ties,
@@ -60,7 +68,7 @@ def _kaplan_meier(a: spec.KaplanMeierAnalysis, ds: xr.Dataset) -> xr.Dataset:
 
 PLANNERS = {spec.TwoGroupAnalysis: _two_group, spec.LinearModelAnalysis: _linear_model,
             spec.AncovaAnalysis: _ancova, spec.CorrelationAnalysis: _correlation,
-            spec.CoxAnalysis: _cox,
+            spec.LogisticAnalysis: _logistic, spec.CoxAnalysis: _cox,
             spec.KaplanMeierAnalysis: _kaplan_meier}
 
 

@@ -217,11 +217,35 @@ class CorrelationAnalysis(Analysis):
         return self
 
 
+class LogisticAnalysis(Analysis):
+    """Logistic regression of a binary outcome on each feature (odds ratio per 1-SD)."""
+
+    test: Literal["logistic"]
+    outcome: str = Field(description="sample annotation of the outcome")
+    event: Label = Field(description="the outcome value coded 1")
+    reference: Label | None = Field(default=None, description="the outcome value coded 0 "
+                                    "(default: every other value)")
+    predictor_scale: Literal["sd", "raw", "median"] = Field(
+        default="sd", description="sd: odds ratio per 1-SD of the feature; raw: per unit; "
+                                  "median: high (x > median) vs low")
+    covariates: list[str] = Field(default_factory=list,
+                                  description="sample annotations to adjust for")
+    interaction: str | None = Field(default=None, description="categorical annotation h: "
+                                    "y ~ x + h + x:h, p_interaction tests x:h")
+    stratify_by: str | None = Field(default=None, description="separate fits per value")
+    confidence: Confidence = 0.95
+
+    @field_validator("event", "reference", mode="before")
+    @classmethod
+    def _labels(cls, value):
+        return _not_boolean(value)
+
+
 ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis, CorrelationAnalysis,
-            CoxAnalysis, KaplanMeierAnalysis)
+            LogisticAnalysis, CoxAnalysis, KaplanMeierAnalysis)
 AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis | AncovaAnalysis
-                        | CorrelationAnalysis | CoxAnalysis | KaplanMeierAnalysis,
-                        Field(discriminator="test")]
+                        | CorrelationAnalysis | LogisticAnalysis | CoxAnalysis
+                        | KaplanMeierAnalysis, Field(discriminator="test")]
 
 
 def analysis_model(test: str) -> type[Strict] | None:
