@@ -23,7 +23,13 @@ import platform
 import time
 import warnings
 
+import sys
+from pathlib import Path
+
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_welch import best  # noqa: E402
 
 
 def simulate(features: int, samples: int, seed: int = 0):
@@ -53,15 +59,6 @@ def statsmodels_loop(x, y, covariates, dummies):
             fit = sm.Logit(y, design).fit(disp=0)
         out[i] = fit.params[j], fit.bse[j], fit.pvalues[j]
     return out
-
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
