@@ -30,7 +30,7 @@ import pandas as pd
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_welch import best, simulate  # noqa: E402
+from bench_welch import best, simulate, time_on_clusters  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -72,7 +72,6 @@ def statsmodels_loop(x: np.ndarray, group: np.ndarray, n: int = 500) -> float:
 
 
 def main() -> None:
-    from engine.cluster import dask_client
     from engine.stats.limma import limma, two_group_model
     from engine.store import ingest, open_cohort
 
@@ -102,16 +101,9 @@ def main() -> None:
         else:
             baseline = ("R limma lmFit+eBayes+topTable (computation only)", r[0])
 
-        rows = []
-        for label, kwargs in (("LocalCluster, processes", {}),
-                              ("LocalCluster, threads", {"processes": False})):
-            t = time.perf_counter()
-            with dask_client(quiet=True, **kwargs) as client:
-                startup = time.perf_counter() - t
-                workers = len(client.scheduler_info(n_workers=-1)["workers"])
-                result = engine()
-                seconds = best(engine, args.repeats)
-            rows.append((f"engine limma ({label}, {workers} worker(s))", seconds, startup))
+        result = engine()
+        rows = [(f"engine limma ({label})", seconds, startup)
+                for label, seconds, startup in time_on_clusters(engine, args.repeats)]
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")

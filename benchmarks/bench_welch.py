@@ -56,8 +56,25 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def main() -> None:
+def time_on_clusters(fn, repeats: int) -> list[tuple[str, float, float]]:
+    """Best-of-``repeats`` seconds of ``fn`` on the default LocalCluster (processes) and on
+    one threaded worker: rows of (cluster label, seconds, start-up seconds, not included)."""
     from engine.cluster import dask_client
+
+    rows = []
+    for label, kwargs in (("LocalCluster, processes", {}),
+                          ("LocalCluster, threads", {"processes": False})):
+        t = time.perf_counter()
+        with dask_client(quiet=True, **kwargs) as client:
+            startup = time.perf_counter() - t
+            workers = len(client.scheduler_info(n_workers=-1)["workers"])
+            fn()  # warm-up: imports and first reads on the workers
+            seconds = best(fn, repeats)
+        rows.append((f"{label}, {workers} worker(s)", seconds, startup))
+    return rows
+
+
+def main() -> None:
     from engine.stats.per_gene import two_group_test
     from engine.store import ingest, open_cohort
 
@@ -93,15 +110,8 @@ def main() -> None:
                                     axis=1, equal_var=False).pvalue
         assert np.allclose(ours["p_value"].values, ref, rtol=1e-9, atol=0)
 
-        rows = []
-        for label, kwargs in (("LocalCluster, processes", {}),
-                              ("LocalCluster, threads", {"processes": False})):
-            t = time.perf_counter()
-            with dask_client(quiet=True, **kwargs) as client:
-                startup = time.perf_counter() - t
-                workers = len(client.scheduler_info(n_workers=-1)["workers"])
-                seconds = best(engine, args.repeats)
-            rows.append((f"engine Welch + BH ({label}, {workers} worker(s))", seconds, startup))
+        rows = [(f"engine Welch + BH ({label})", seconds, startup)
+                for label, seconds, startup in time_on_clusters(engine, args.repeats)]
 
     gb = args.genes * args.samples * 4 / 1e9
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -32,10 +32,8 @@ import itertools
 from collections.abc import Sequence
 
 import bottleneck as bn
-import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.base import tokenize
 from scipy import special
 
 from engine.errors import InputError
@@ -45,8 +43,8 @@ from engine.stats.features import (
     gene_row,
     map_features,
     numeric_annotation,
-    result_dataset,
     strata,
+    stratified_result,
 )
 from engine.stats.features import adjust as adjust_p
 
@@ -351,23 +349,16 @@ def correlation(ds: xr.Dataset, *, method: str, covariate: str | None = None,
     options = {"confidence": float(confidence)} | ({"exact": True} if exact else {})
     samples = [g.samples for g in groups]
     width = len(RESULT_FIELDS)
-    token = tokenize(rows.data.name, method, y, samples, options)
     stacked = map_features(rows.data, _stratified, width * len(groups),
-                           name=f"correlation-{method}-{token}", method=method, y=y,
+                           name=f"correlation-{method}", method=method, y=y,
                            samples=samples, options=options)
-    columns = {}
-    for i, field in enumerate(RESULT_FIELDS):
-        per_stratum = [stacked[:, s * width + i] for s in range(len(groups))]
-        columns[field] = per_stratum
+    columns = {f: [stacked[:, s * width + i] for s in range(len(groups))]
+               for i, f in enumerate(RESULT_FIELDS)}
     columns["p_adj"] = [adjust_p(p, adjust) for p in columns["p_value"]]
     order = ("statistic", "p_value", "p_adj", "ci_low", "ci_high", "n")
-    if stratify_by is None:
-        arrays, extra = {f: columns[f][0] for f in order}, None
-    else:
-        arrays = {f: da.stack(columns[f]) for f in order}
-        extra = {"stratum": [g.label for g in groups]}
-        attrs["stratify_by"] = stratify_by
     attrs |= {"test": method, "confidence": float(confidence), "exact": bool(exact),
               "adjust": adjust, "variable": variable}
-    return result_dataset(arrays, rows, attrs=attrs, extra_dims=extra,
-                          descriptions=_descriptions(method, partner, confidence, exact, adjust))
+    return stratified_result({f: columns[f] for f in order}, rows, groups, stratify_by,
+                             attrs=attrs,
+                             descriptions=_descriptions(method, partner, confidence, exact,
+                                                        adjust))

@@ -41,10 +41,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.base import tokenize
 from scipy import special
 
 from engine.errors import InputError, preview
@@ -53,9 +51,9 @@ from engine.stats.features import (
     MISSING_LABELS,
     feature_matrix,
     map_features,
-    result_dataset,
     sample_annotation,
     strata,
+    stratified_result,
 )
 from engine.stats.features import adjust as adjust_p
 from engine.stats.survival import check_confidence, check_split, quantile_split, survival_outcome
@@ -496,8 +494,7 @@ def cox(ds: xr.Dataset, *, time: str, event: str, event_value=None, split=None,
                             "covariates": cs[:, varying]})
     options = {"split": q, "ties": ties, "confidence": float(confidence)}
     width = len(FIELDS)
-    token = tokenize(rows.data.name, strata_args, options)
-    stacked = map_features(rows.data, _stratified, width * len(groups), name=f"cox-{token}",
+    stacked = map_features(rows.data, _stratified, width * len(groups), name="cox",
                            strata_args=strata_args, options=options)
     columns = {f: [stacked[:, s * width + i] for s in range(len(groups))]
                for i, f in enumerate(FIELDS)}
@@ -506,18 +503,13 @@ def cox(ds: xr.Dataset, *, time: str, event: str, event_value=None, split=None,
              "ci_high", "p_logrank", "n", "n_events", "converged"]
     if q is not None:
         order.append("threshold")
-    attrs = {"analysis": "cox", "time": time, "event": event, "ties": ties,
+    attrs = {"test": "cox", "time": time, "event": event, "ties": ties,
              "confidence": float(confidence), "adjust": adjust, "variable": variable,
              "covariates": covariates, "covariate_columns": c_names}
     if event_value is not None:
         attrs["event_value"] = str(event_value)
     if split is not None:
         attrs["split"] = str(split)
-    if stratify_by is None:
-        arrays, extra = {f: columns[f][0] for f in order}, None
-    else:
-        arrays = {f: da.stack(columns[f]) for f in order}
-        extra = {"stratum": [g.label for g in groups]}
-        attrs["stratify_by"] = stratify_by
-    return result_dataset(arrays, rows, attrs=attrs, extra_dims=extra,
-                          descriptions=_descriptions(q, covariates, ties, confidence, adjust))
+    return stratified_result({f: columns[f] for f in order}, rows, groups, stratify_by,
+                             attrs=attrs,
+                             descriptions=_descriptions(q, covariates, ties, confidence, adjust))

@@ -140,6 +140,19 @@ def adjust(p: da.Array, method: str = "BH") -> da.Array:
                                     meta=np.empty((0,), np.float64)).rechunk(p.chunks)
 
 
+def stratified_result(columns: dict[str, list[da.Array]], features: Features,
+                      groups: list[Stratum], stratify_by: str | None, *, descriptions: dict,
+                      attrs: dict) -> xr.Dataset:
+    """A result from per-stratum columns (one array per stratum, in the order of ``groups``):
+    dims ("stratum", feature) with ``stratify_by``, else (feature,) from the single stratum."""
+    if stratify_by is None:
+        return result_dataset({c: arrays[0] for c, arrays in columns.items()}, features,
+                              descriptions=descriptions, attrs=attrs)
+    return result_dataset({c: da.stack(arrays) for c, arrays in columns.items()}, features,
+                          descriptions=descriptions, attrs={**attrs, "stratify_by": stratify_by},
+                          extra_dims={"stratum": [g.label for g in groups]})
+
+
 def result_dataset(columns: dict[str, da.Array], features: Features, *, descriptions: dict,
                    attrs: dict, extra_dims: dict[str, Sequence] | None = None) -> xr.Dataset:
     """A lazy result Dataset whose variables are the table's columns.

@@ -50,10 +50,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.base import tokenize
 from scipy import special
 
 from engine.errors import InputError, preview
@@ -465,28 +463,25 @@ def logistic(ds: xr.Dataset, *, outcome: str, event, reference=None, predictor_s
         kwargs = dict(y=y[idx], covariates=cov_s, interaction=inter_s,
                       predictor_scale=predictor_scale, confidence=confidence)
         x = rows.data[:, idx]
-        fitted = feat.map_features(x, logistic_regression, len(FIELDS),
-                                   name=f"logistic-{tokenize(x.name, kwargs)}", **kwargs)
+        fitted = feat.map_features(x, logistic_regression, len(FIELDS), name="logistic",
+                                   **kwargs)
         for f in fields:
             stacked[f].append(fitted[:, FIELDS.index(f)])
         stacked["p_adj"].append(feat.adjust(fitted[:, FIELDS.index("p_value")], adjust))
 
     order = [*fields[:4], "p_adj", *fields[4:]]
-    columns = {f: (da.stack(stacked[f]) if stratify_by else stacked[f][0]) for f in order}
     ref_level = inter_levels[0] if interaction else None
-    attrs = {"analysis": "logistic", "outcome": outcome, "event": str(event),
+    attrs = {"test": "logistic", "outcome": outcome, "event": str(event),
              "reference": "all other values" if reference is None else str(reference),
              "predictor_scale": predictor_scale, "covariates": covariates,
              "confidence": confidence, "adjust": adjust, "variable": variable}
     if interaction:
         attrs.update(interaction=interaction, interaction_reference=ref_level)
-    if stratify_by:
-        attrs["stratify_by"] = stratify_by
-    return feat.result_dataset(
-        columns, rows, descriptions=_descriptions(outcome, event, reference, predictor_scale,
-                                                  interaction, ref_level, confidence, adjust,
-                                                  stratify_by is not None),
-        attrs=attrs, extra_dims={"stratum": [s.label for s in strata]} if stratify_by else None)
+    return feat.stratified_result(
+        {f: stacked[f] for f in order}, rows, strata, stratify_by,
+        descriptions=_descriptions(outcome, event, reference, predictor_scale, interaction,
+                                   ref_level, confidence, adjust, stratify_by is not None),
+        attrs=attrs)
 
 
 def _check_roles(outcome, covariates, interaction, stratify_by):

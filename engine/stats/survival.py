@@ -370,7 +370,7 @@ def kaplan_meier(ds: xr.Dataset, *, time: str, event: str, event_value=None,
     t, e = survival_outcome(ds, time=time, event=event, event_value=event_value)
     usable = ~np.isnan(t) & ~np.isnan(e)
     row, threshold = None, np.nan
-    attrs = {"analysis": "kaplan_meier", "time": time, "event": event,
+    attrs = {"test": "kaplan_meier", "time": time, "event": event,
              "confidence": float(confidence)}
     if event_value is not None:
         attrs["event_value"] = str(event_value)
