@@ -98,7 +98,7 @@ def _block(x) -> np.ndarray:
     return x
 
 
-def _as_membership(membership, n_genes: int) -> sp.csr_matrix:
+def as_membership(membership, n_genes: int) -> sp.csr_matrix:
     """A canonical (sorted indices, no duplicates) float64 CSR matrix of ``n_genes`` columns."""
     m = sp.csr_matrix(membership, dtype=np.float64)
     if m.shape[1] != n_genes:
@@ -219,7 +219,7 @@ def ssgsea_block(x, membership, *, alpha: float = 0.25) -> np.ndarray:
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64)
     n_genes, n_samples = x.shape
-    m = _members_only(_as_membership(membership, n_genes))
+    m = _members_only(as_membership(membership, n_genes))
     if n_samples == 0 or m.shape[0] == 0:
         return np.full((m.shape[0], n_samples), np.nan)
     rank, position, n = _ssgsea_positions(np.ascontiguousarray(x.T), m.indices)
@@ -308,7 +308,7 @@ def zscore_scores(x, membership) -> np.ndarray:
     columns) across all samples. Missing values and constant genes: see the module docstring.
     """
     x = _block(x)
-    m = _as_membership(membership, x.shape[0])
+    m = as_membership(membership, x.shape[0])
     return _zscore_from_z(standardize_rows(x), m)
 
 
@@ -373,7 +373,7 @@ def plage_scores(x, membership) -> np.ndarray:
     across all samples. Members with any missing value or constant are left out.
     """
     x = _block(x)
-    m = _as_membership(membership, x.shape[0])
+    m = as_membership(membership, x.shape[0])
     return _plage_from_z(standardize_rows(x, complete=True), m)
 
 
@@ -393,7 +393,7 @@ def signature_score(x, membership, *, kind: str = "mean", weights=None) -> np.nd
     x = _block(x)
     if kind not in SIGNATURE_KINDS:
         raise InputError(f"signature kind {kind!r} is not one of {', '.join(SIGNATURE_KINDS)}")
-    m = _as_membership(membership, x.shape[0])
+    m = as_membership(membership, x.shape[0])
     values = standardize_rows(x) if kind == "mean_z" else np.asarray(x, dtype=np.float64)
     return _signature_from_values(values, _signature_weights(m, weights))
 
@@ -401,7 +401,7 @@ def signature_score(x, membership, *, kind: str = "mean", weights=None) -> np.nd
 def _signature_weights(m: sp.csr_matrix, weights) -> sp.csr_matrix:
     if weights is None:
         return _members_only(m)
-    w = _as_membership(weights, m.shape[1])
+    w = as_membership(weights, m.shape[1])
     if w.shape != m.shape:
         raise ValueError(f"weights have shape {w.shape}, membership {m.shape}")
     w = w.multiply(_members_only(m)).tocsr()  # coefficients of members only
@@ -461,7 +461,7 @@ def single_sample_scores(ds: xr.Dataset, membership, *, method: str,
         raise InputError("weights apply to method signature_score only")
     features = feature_matrix(ds, variable=variable)
     x = features.data
-    names, m = _membership_of(membership, x.shape[0], features.dim)
+    names, m = membership_of(membership, x.shape[0], features.dim)
     if weights is not None:
         if getattr(weights, "shape", None) != m.shape:
             raise InputError(f"weights have shape {getattr(weights, 'shape', None)}, expected "
@@ -499,7 +499,7 @@ def single_sample_scores(ds: xr.Dataset, membership, *, method: str,
         coords={"gene_set": names, "sample": sample}, attrs=attrs)
 
 
-def _membership_of(membership, n_rows: int, row_dim: str):
+def membership_of(membership, n_rows: int, row_dim: str):
     names = getattr(membership, "names", None)
     matrix = getattr(membership, "matrix", None)
     if names is None or matrix is None:
@@ -515,7 +515,7 @@ def _membership_of(membership, n_rows: int, row_dim: str):
     duplicated = sorted(n for n, count in Counter(names).items() if count > 1)
     if duplicated:
         raise InputError(f"gene set names must be unique: {preview(duplicated)} repeated")
-    return names, _as_membership(matrix, n_rows)
+    return names, as_membership(matrix, n_rows)
 
 
 def _ssgsea_task(block, *, membership, alpha):

@@ -12,18 +12,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../../../.." && pwd)"
-cd "$ROOT"
-SHARED="$(cd "${1:-../shared}" && pwd)"
-ORACLE="$SHARED/oracle"
-ALL="$SHARED/data/all"
-PYTHON="${PYTHON:-python3}"
-if [[ -z "${WORK:-}" ]]; then
-  WORK="$(mktemp -d)"
-  [[ "${KEEP:-0}" == 1 ]] || trap 'rm -rf "$WORK"' EXIT
-fi
-mkdir -p "$WORK"
-echo "shared=$SHARED work=$WORK out=$HERE" >&2
+source "$HERE/../fixture_env.sh"
 
 Rscript -e 'suppressPackageStartupMessages({library(data.table); library(R.utils); library(GSVA)}); print(sessionInfo()); for (p in c("GSVA", "data.table", "R.utils", "sparseMatrixStats", "BiocParallel")) cat(p, format(packageVersion(p)), "\n"); cat("La_library", La_library(), "\nLa_version", La_version(), "\n")' \
   > "$HERE/sessionInfo.txt"
