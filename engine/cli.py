@@ -103,9 +103,13 @@ def cmd_demo(a) -> None:
     for table in sorted(out.glob("*.tsv")):
         if "." in table.stem:  # an analysis's extra table (slopes, curves, ...)
             continue
+        if table.stem.endswith("_sizes"):  # which gene sets were found and scored
+            continue
         top = pd.read_csv(table, sep="\t", nrows=5, keep_default_na=False, na_values=["NA"])
-        shown = [c for c in ("stratum", "gene", "symbol", "effect", "statistic", "p_value",
-                             "p_adj") if c in top]
+        shown = [c for c in ("stratum", "gene", "gene_set", "symbol", "size", "effect", "nes",
+                             "statistic", "p_value", "p_adj") if c in top]
+        if "p_value" not in top:  # a sets x samples score matrix: its first samples
+            shown = list(top.columns[:5])
         print(f"\n{table.stem}: top rows")
         print(top[shown].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 

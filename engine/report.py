@@ -11,7 +11,9 @@ TOP = 20
 
 SPEC_KEYS = ("group", "case", "control", "pair_by", "design", "coef", "contrast", "covariate",
              "gene", "stratify_by", "outcome", "event", "time", "split", "interaction",
-             "trend", "robust", "features")
+             "trend", "robust", "features", "gene_sets", "ranking", "genes_from", "metric",
+             "permutations", "kcdf", "delta")
+SAMPLE_COLUMNS = 8  # score matrices: the first samples only
 
 
 def _describe(spec: dict) -> str:
@@ -21,8 +23,13 @@ def _describe(spec: dict) -> str:
 
 
 def _analysis_section(name: str, spec: dict, table: pd.DataFrame) -> str:
-    tested = int(table["p_value"].notna().sum()) if "p_value" in table else 0
-    summary = f"{tested} of {len(table)} rows tested"
+    if "p_value" not in table and table.columns[0] == "gene_set":  # a sets x samples matrix
+        summary = (f"{len(table)} gene sets x {table.shape[1] - 1} samples; the first "
+                   f"{SAMPLE_COLUMNS} samples shown")
+        table = table.iloc[:, :SAMPLE_COLUMNS + 1]
+    else:
+        tested = int(table["p_value"].notna().sum()) if "p_value" in table else 0
+        summary = f"{tested} of {len(table)} rows tested"
     if "p_adj" in table:
         method = html.escape(spec.get("adjust", "BH"))
         counts = {t: int((table["p_adj"] < t).sum()) for t in (0.05, 0.01)}

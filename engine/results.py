@@ -17,8 +17,11 @@ import xarray as xr
 
 #: Count columns, written as integers (missing stays NA).
 INTEGER_COLUMNS = {"n", "n_case", "n_control", "n_events", "df_residual", "converged",
-                   "separated", "df_num", "n_risk", "n_event", "n_censor"}
-FEATURE_DIMS = ("gene", "feature")
+                   "separated", "df_num", "n_risk", "n_event", "n_censor", "size",
+                   "size_in_library", "size_mapped", "overlap", "n_permutations",
+                   "n_selected", "n_universe"}
+FEATURE_DIMS = ("gene", "gene_set", "feature")
+SCORE_DIMS = ("gene_set", "sample")  # single-sample scores: written wide, as GSVA returns them
 
 
 def gene_annotations(cohort: xr.Dataset) -> pd.DataFrame:
@@ -42,8 +45,7 @@ def _table(result: xr.Dataset, dims: tuple, names: list[str],
            annotations: pd.DataFrame) -> pd.DataFrame:
     index = pd.MultiIndex.from_product(
         [np.asarray(result[d].values).astype(object) for d in dims], names=list(dims))
-    table = pd.DataFrame({n: np.asarray(result[n].values).reshape(-1) for n in names},
-                         index=index).reset_index()
+    table = pd.DataFrame({n: _column(result[n]) for n in names}, index=index).reset_index()
     if "gene" in dims and len(annotations.columns):
         extra = annotations.reindex(table["gene"]).reset_index(drop=True)
         at = table.columns.get_loc("gene") + 1
@@ -55,6 +57,11 @@ def _table(result: xr.Dataset, dims: tuple, names: list[str],
         else:
             table[column] = values.astype("Int64")
     return table
+
+
+def _column(values: xr.DataArray) -> np.ndarray:
+    out = np.asarray(values.values).reshape(-1)
+    return out.astype(object) if out.dtype.kind in "TUSO" else out  # text, e.g. leading_edge
 
 
 def _sorted(table: pd.DataFrame, dims: tuple) -> pd.DataFrame:
@@ -69,12 +76,23 @@ def _sorted(table: pd.DataFrame, dims: tuple) -> pd.DataFrame:
 
 
 def result_tables(result: xr.Dataset, annotations: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The computed result as tables: ``""`` for the main table, the dimension for the rest."""
+    """The computed result as tables: ``""`` for the main table, the dimension for the rest
+    (``<name>.<dim>.tsv``); ``"_sizes"`` for the gene-set sizes (``<name>_sizes.tsv``)."""
     groups = _groups(result)
-    main = result["p_value"].dims if "p_value" in result else next(iter(groups))
+    main = (result["p_value"].dims if "p_value" in result
+            else SCORE_DIMS if SCORE_DIMS in groups else next(iter(groups)))
     tables = {}
     for dims, names in groups.items():
+        if dims == SCORE_DIMS:  # one row per set, one column per sample
+            wide = result[names[0]].to_pandas()
+            tables[""] = wide.rename_axis(index="gene_set", columns=None).reset_index()
+            continue
+        if dims == ("gene_set",) and SCORE_DIMS in groups:
+            continue  # the scored sets' sizes are in the sizes table
         table = _table(result, dims, names, annotations)
+        if dims == ("library_set",):  # every set of the library: found, scored or not
+            tables["_sizes"] = table.rename(columns={"library_set": "gene_set"})
+            continue
         if dims == main:
             tables[""] = _sorted(table, dims) if "p_value" in names else table
         elif dims == ("group", "step"):  # Kaplan-Meier curves, padded to a common length

@@ -24,3 +24,16 @@ def test_demo_runs_every_test_and_finds_abl1(tmp_path, capsys):
     assert (welch["n_case"] == 37).all() and (welch["n_control"] == 74).all()
     paired = pd.read_csv(tmp_path / "results" / "bcr_abl_vs_neg_matched_paired_t.tsv", sep="\t")
     assert (paired["n_case"] == 31).all()  # 31 age- and sex-matched pairs
+    results = tmp_path / "results"
+    for name in ("hallmark_ssgsea", "hallmark_gsva"):
+        scores = pd.read_csv(results / f"{name}.tsv", sep="\t")
+        assert scores.shape == (50, 129) and scores.columns[0] == "gene_set"
+    icr = pd.read_csv(results / "icr_score.tsv", sep="\t").set_index("gene_set")
+    assert icr.shape == (5, 128)
+    for name in ("hallmark_prerank", "hallmark_phenotype", "hallmark_ora"):
+        table = pd.read_csv(results / f"{name}.tsv", sep="\t", keep_default_na=False,
+                            na_values=["NA"])
+        assert {"gene_set", "size", "p_value", "p_adj", "leading_edge"} <= set(table.columns)
+        assert table["p_value"].between(0, 1).all()
+        sizes = pd.read_csv(results / f"{name}_sizes.tsv", sep="\t")
+        assert len(sizes) == 50

@@ -5,6 +5,7 @@ from __future__ import annotations
 import xarray as xr
 
 from engine.jobs import spec
+from engine.jobs.set_planners import SET_PLANNERS, Context
 from engine.stats.ancova import ancova
 from engine.stats.correlation import correlation
 from engine.stats.cox import cox
@@ -72,6 +73,10 @@ PLANNERS = {spec.TwoGroupAnalysis: _two_group, spec.LinearModelAnalysis: _linear
             spec.KaplanMeierAnalysis: _kaplan_meier}
 
 
-def plan_analysis(analysis: spec.Strict, ds: xr.Dataset) -> xr.Dataset:
-    """The lazy result of one analysis; builds the graph, computes nothing."""
+def plan_analysis(analysis: spec.Strict, ds: xr.Dataset, ctx: Context | None = None
+                  ) -> xr.Dataset:
+    """The lazy result of one analysis; builds the graph, computes nothing. ``ctx`` gives the
+    gene-set analyses the job seed and the earlier results they read."""
+    if type(analysis) in SET_PLANNERS:
+        return SET_PLANNERS[type(analysis)](analysis, ds, ctx or Context(0, {}))
     return PLANNERS[type(analysis)](analysis, ds)

@@ -28,6 +28,7 @@ from engine.fsutil import atomic_directory, sha256_file
 from engine.jobs.spec import Job
 from engine.report import render_report
 from engine.jobs.planners import plan_analysis
+from engine.jobs.set_planners import Context
 from engine.results import gene_annotations, result_tables, write_table
 from engine.stats import multitest
 from engine.store import open_cohort
@@ -37,16 +38,26 @@ DEPENDENCIES = ["dask", "distributed", "xarray", "zarr", "numpy", "scipy", "stat
 
 
 def plan_job(job: Job, cohort: xr.Dataset | None = None) -> dict[str, xr.Dataset]:
-    """Lazy result Dataset of every analysis, by name. Validates labels; computes nothing."""
+    """Lazy result Dataset of every analysis, by name. Validates labels; computes nothing.
+
+    Analyses are planned in order: a score analysis's (gene_set, sample) matrix becomes a
+    variable, under the analysis's name, that later analyses can test like any other.
+    """
     cohort = open_cohort(job.cohort) if cohort is None else cohort
-    planned = {}
+    planned: dict[str, xr.Dataset] = {}
+    ctx = Context(job.seed, planned)
     for a in job.analyses:
-        if not getattr(a, "features", None) and (a.variable not in cohort
-                               or cohort[a.variable].dims != ("gene", "sample")):
-            raise InputError(f"analysis {a.name!r}: variable {a.variable!r} is not a "
-                             "(gene, sample) variable of the cohort")
+        ds = cohort
+        if a.variable in planned:  # the score matrix of an earlier analysis
+            if "score" not in planned[a.variable]:
+                raise InputError(f"analysis {a.name!r}: variable {a.variable!r} is an analysis "
+                                 "without a score matrix; name a score analysis or a variable")
+            if a.variable in cohort:
+                raise InputError(f"analysis {a.variable!r} has the name of a variable of the "
+                                 "cohort; rename the analysis")
+            ds = cohort.assign({a.variable: planned[a.variable]["score"].reset_coords(drop=True)})
         try:
-            planned[a.name] = plan_analysis(a, cohort)
+            planned[a.name] = plan_analysis(a, ds, ctx)
         except InputError as e:
             raise InputError(f"analysis {a.name!r}: {e}") from None
     return planned
@@ -146,7 +157,8 @@ def run_job(job: Job, client: Client, *, job_file: Path | None = None,
             written = xr.open_zarr(store, group=name, consolidated=False).load()
             for suffix, table in result_tables(written, annotations).items():
                 if suffix:
-                    extra_tables[f"{name}.{suffix}"] = table
+                    sep = "" if suffix.startswith("_") else "."
+                    extra_tables[f"{name}{sep}{suffix}"] = table
                 else:
                     tables[name] = table
         multiple_testing = adjust_families(job, tables)

@@ -11,41 +11,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.errors import InputError
 
+from engine.jobs.base import (NAME_PATTERN, AdjustMethod, Analysis, Confidence, Label, Strict,
+                              _not_boolean)
+from engine.jobs.setspec import (SET_ANALYSES, GseaPhenotypeAnalysis, GseaPrerankedAnalysis,
+                                 OraAnalysis, ScoreAnalysis, check_references)
+
 TwoGroupTestName = Literal["welch", "student", "paired_t", "mann_whitney", "wilcoxon_signed_rank"]
 PAIRED = ("paired_t", "wilcoxon_signed_rank")
-AdjustMethod = Literal["BH", "BY", "bonferroni", "holm", "hochberg", "qvalue"]
-Label = Annotated[str | int | float, Field(description="a value of the group annotation")]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _not_boolean(value):
-    if isinstance(value, bool):
-        raise ValueError(f"YAML read this label as the boolean {value}; quote it "
-                         f"(e.g. case: \"TRUE\") to match the annotation's text")
-    return value
-
-
-class Analysis(Strict):
-    """Keys every analysis has."""
-
-    name: str = Field(pattern=NAME_PATTERN,
-                      description="analysis name; also the result table's file name")
-    variable: str = Field(default="expression", description="the (gene, sample) variable to test")
-    features: list[str] | None = Field(
-        default=None, min_length=1,
-        description="numeric sample annotations (signature scores, cell fractions) to analyse "
-                    "instead of the genes of `variable`")
-    adjust: AdjustMethod = Field(
-        default="BH", description="p-value adjustment within the analysis (p_adj): over the "
-                                  "features, separately per stratum / term")
 
 
 class TwoGroupAnalysis(Analysis):
@@ -125,7 +101,6 @@ class LinearModelAnalysis(Analysis):
         return self
 
 
-Confidence = Annotated[float, Field(gt=0, lt=1, description="level of the confidence intervals")]
 
 
 class AncovaAnalysis(Analysis):
@@ -242,10 +217,11 @@ class LogisticAnalysis(Analysis):
 
 
 ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis, CorrelationAnalysis,
-            LogisticAnalysis, CoxAnalysis, KaplanMeierAnalysis)
+            LogisticAnalysis, CoxAnalysis, KaplanMeierAnalysis, *SET_ANALYSES)
 AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis | AncovaAnalysis
                         | CorrelationAnalysis | LogisticAnalysis | CoxAnalysis
-                        | KaplanMeierAnalysis, Field(discriminator="test")]
+                        | KaplanMeierAnalysis | ScoreAnalysis | GseaPrerankedAnalysis
+                        | GseaPhenotypeAnalysis | OraAnalysis, Field(discriminator="test")]
 
 
 def analysis_model(test: str) -> type[Strict] | None:
@@ -281,6 +257,7 @@ class Job(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"analysis names must be unique; repeated: {', '.join(dup)}")
+        check_references(self.analyses)
         seen: dict[str, str] = {}
         for family in self.families:
             for a in family.analyses:
@@ -335,7 +312,20 @@ def load_job(path: str | Path) -> Job:
     except ValidationError as e:
         raise InputError(_format_errors(e, str(path))) from None
     base = path.absolute().parent
-    return job.model_copy(update={"cohort": base / job.cohort, "output": base / job.output})
+    analyses = [_relative_files(a, base) for a in job.analyses]
+    return job.model_copy(update={"cohort": base / job.cohort, "output": base / job.output,
+                                  "analyses": analyses})
+
+
+def _relative_files(analysis, base: Path):
+    """Gene-set and ranking files named in a job are relative to the job file's folder."""
+    update = {}
+    for key in ("gene_sets", "ranking"):
+        value = getattr(analysis, key, None)
+        if isinstance(value, str) and Path(value).suffix.lower() in {".gmt", ".gmx", ".rnk",
+                                                                     ".tsv", ".txt"}:
+            update[key] = str(base / value)
+    return analysis.model_copy(update=update) if update else analysis
 
 
 def job_json_schema() -> str:

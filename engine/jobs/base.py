@@ -1,0 +1,41 @@
+"""Spec pieces every kind of analysis shares (the analysis models live in spec.py and
+setspec.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AdjustMethod = Literal["BH", "BY", "bonferroni", "holm", "hochberg", "qvalue"]
+Label = Annotated[str | int | float, Field(description="a value of the group annotation")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _not_boolean(value):
+    if isinstance(value, bool):
+        raise ValueError(f"YAML read this label as the boolean {value}; quote it "
+                         f"(e.g. case: \"TRUE\") to match the annotation's text")
+    return value
+
+
+class Analysis(Strict):
+    """Keys every analysis has."""
+
+    name: str = Field(pattern=NAME_PATTERN,
+                      description="analysis name; also the result table's file name")
+    variable: str = Field(default="expression", description="the (gene, sample) variable to test")
+    features: list[str] | None = Field(
+        default=None, min_length=1,
+        description="numeric sample annotations (signature scores, cell fractions) to analyse "
+                    "instead of the genes of `variable`")
+    adjust: AdjustMethod = Field(
+        default="BH", description="p-value adjustment within the analysis (p_adj): over the "
+                                  "features, separately per stratum / term")
+
+
+Confidence = Annotated[float, Field(gt=0, lt=1, description="level of the confidence intervals")]
