@@ -29,7 +29,11 @@ def test_demo_runs_every_test_and_finds_abl1(tmp_path, capsys):
         scores = pd.read_csv(results / f"{name}.tsv", sep="\t")
         assert scores.shape == (50, 129) and scores.columns[0] == "gene_set"
     icr = pd.read_csv(results / "icr_score.tsv", sep="\t").set_index("gene_set")
-    assert icr.shape == (5, 128)
+    icr_sizes = pd.read_csv(results / "icr_score_sizes.tsv", sep="\t").set_index("gene_set")
+    # ALL's 2004 annotation names CXCL9/CXCL10/CCL5 by their old symbols (MIG, SCYA5, ...)
+    assert icr_sizes.loc["ICR_CXCR3_CCR5_CHEMOKINES", "scored"] == 0
+    assert list(icr.index) == list(icr_sizes.index[icr_sizes["scored"] == 1])
+    assert icr.shape[1] == 128
     for name in ("hallmark_prerank", "hallmark_phenotype", "hallmark_ora"):
         table = pd.read_csv(results / f"{name}.tsv", sep="\t", keep_default_na=False,
                             na_values=["NA"])

@@ -93,6 +93,13 @@ def _sizes(membership) -> dict[str, xr.DataArray]:
     return out
 
 
+def _with_sizes(result: xr.Dataset, membership) -> xr.Dataset:
+    sizes = _sizes(membership)
+    result = result.assign(sizes)
+    result.attrs["columns"] = [*result.attrs.get("columns", []), *sizes]
+    return result
+
+
 def _set_attrs(a: setspec.GeneSetOptions, match: str) -> dict:
     return {"gene_sets": a.gene_sets, "match": match, "min_size": a.min_size,
             "max_size": a.max_size if a.max_size is not None else "none",
@@ -114,7 +121,7 @@ def plan_scores(a: setspec.ScoreAnalysis, ds: xr.Dataset, ctx: Context) -> xr.Da
                                       samples_per_chunk=a.samples_per_chunk)
     if a.delta is not None:
         result["score"] = _delta(result["score"], ds, a.delta)
-    result = result.assign(_sizes(membership))
+    result = _with_sizes(result, membership)
     result.attrs.update(_set_attrs(a, match))
     return result
 
@@ -167,7 +174,7 @@ def _per_set_result(values, names, labels, columns: dict, attrs: dict, adjust: s
             for c, (dtype, description) in columns.items()}
     result = xr.Dataset(data, coords={"gene_set": np.asarray(names).astype(object)},
                         attrs={**attrs, "columns": list(columns)})
-    return result.assign(_sizes(membership))
+    return _with_sizes(result, membership)
 
 
 def _finish(values: dict, labels: np.ndarray, adjust: str) -> dict:
