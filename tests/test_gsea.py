@@ -356,7 +356,7 @@ def test_edge_cases():
     assert result["leading_edge"][0].size == 0
     assert result["size"].tolist() == [0, 20, 1, 2]
     assert np.isfinite(result["p_value"][2:]).all()
-    with pytest.raises(InputError, match="row positions"):
+    with pytest.raises(InputError, match="must lie in 0..19, got 25"):
         gsea.gsea_preranked(statistic, [np.array([25])], permutations=10, seed=1, key=1)
     with pytest.raises(InputError, match="infinite"):
         gsea.gsea_preranked(np.append(statistic, np.inf), members, permutations=10, seed=1,

@@ -57,6 +57,7 @@ __all__ = [
     "enrichment_scores",
     "enrichment_statistics",
     "gsea_preranked",
+    "member_rows",
     "permutation_null",
     "ranked_list",
     "simple_log2err",
@@ -422,14 +423,27 @@ def ranked_list(statistic) -> np.ndarray:
     return genes[np.argsort(-stat[genes], kind="stable")]
 
 
-def _member_positions(members, rank_of_gene: np.ndarray, n_rows: int) -> list[np.ndarray]:
+def member_rows(members: Sequence, n_rows: int) -> list[np.ndarray]:
+    """Each set's members as sorted, unique int64 row positions in 0..n_rows-1 (the form every
+    enrichment kernel takes); anything else is one clear error naming the set."""
     out = []
     for i, m in enumerate(members):
-        m = np.unique(np.asarray(m).reshape(-1))
-        if m.size and (m.dtype.kind not in "iu" or m.min() < 0 or m.max() >= n_rows):
-            raise InputError(f"gene set {i} has members that are not row positions of the "
-                             f"statistic (0..{n_rows - 1}); map member genes to rows first")
-        r = rank_of_gene[m.astype(np.int64)]
+        m = np.asarray(m)
+        if m.ndim != 1 or (m.size and m.dtype.kind not in "iu"):
+            raise InputError(f"gene set {i}: members must be a 1-D array of gene row positions, "
+                             f"got dtype {m.dtype} and shape {m.shape}")
+        m = np.unique(m.astype(np.int64))
+        if m.size and (m[0] < 0 or m[-1] >= n_rows):
+            raise InputError(f"gene set {i}: member positions must lie in 0..{n_rows - 1}, got "
+                             f"{m[0] if m[0] < 0 else m[-1]}; map the set's genes to rows first")
+        out.append(m)
+    return out
+
+
+def _member_positions(members, rank_of_gene: np.ndarray, n_rows: int) -> list[np.ndarray]:
+    out = []
+    for m in member_rows(members, n_rows):
+        r = rank_of_gene[m]
         out.append(np.sort(r[r >= 0]))
     return out
 

@@ -30,6 +30,7 @@ from scipy import special, stats
 
 from engine.errors import InputError
 from engine.stats import multitest
+from engine.stats.gsea import member_rows
 
 __all__ = ["conditional_odds_ratio", "over_representation", "select_genes"]
 
@@ -50,18 +51,7 @@ def _mask(values, name: str, n_genes: int | None = None) -> np.ndarray:
 
 
 def _members_in(members: Sequence, universe: np.ndarray) -> list[np.ndarray]:
-    out = []
-    for i, m in enumerate(members):
-        m = np.asarray(m)
-        if m.ndim != 1 or (m.size and m.dtype.kind not in "iu"):
-            raise InputError(f"gene set {i}: members must be a 1-D array of gene row positions, "
-                             f"got dtype {m.dtype} and shape {m.shape}")
-        m = np.unique(m.astype(np.int64))
-        if m.size and (m[0] < 0 or m[-1] >= universe.size):
-            raise InputError(f"gene set {i}: member positions must lie in "
-                             f"0..{universe.size - 1}; map the set's genes to rows first")
-        out.append(m[universe[m]])
-    return out
+    return [m[universe[m]] for m in member_rows(members, universe.size)]
 
 
 def conditional_odds_ratio(x, universe_size, set_size, n_selected) -> np.ndarray:

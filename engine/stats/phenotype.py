@@ -341,17 +341,7 @@ def ranking_metrics(x, labels, metric: str = "signal_to_noise") -> np.ndarray:
 
 def _prepare_sets(members: Sequence, n_genes: int):
     """Members as (flat row positions, lengths): sorted, duplicates dropped, range checked."""
-    cleaned = []
-    for i, m in enumerate(members):
-        m = np.asarray(m)
-        if m.ndim != 1 or (m.size and m.dtype.kind not in "iu"):
-            raise InputError(f"gene set {i}: members must be a 1-D array of gene row positions, "
-                             f"got dtype {m.dtype} and shape {m.shape}")
-        m = np.unique(m.astype(np.int64))
-        if m.size and (m[0] < 0 or m[-1] >= n_genes):
-            raise InputError(f"gene set {i}: member positions must lie in 0..{n_genes - 1}, got "
-                             f"{m[0] if m[0] < 0 else m[-1]}")
-        cleaned.append(m)
+    cleaned = gsea.member_rows(members, n_genes)
     lengths = np.array([m.size for m in cleaned], dtype=np.int64)
     flat = np.concatenate(cleaned) if cleaned else np.zeros(0, np.int64)
     return flat, lengths
