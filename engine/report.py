@@ -17,7 +17,12 @@ SAMPLE_COLUMNS = 8  # score matrices: the first samples only
 
 
 def _describe(spec: dict) -> str:
-    parts = [f"{k} = <code>{html.escape(str(spec[k]))}</code>" for k in SPEC_KEYS
+    def shown(value):
+        return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) \
+            else value
+
+    keys = [k for k in SPEC_KEYS if k != "kcdf" or spec["test"] == "gsva"]
+    parts = [f"{k} = <code>{html.escape(str(shown(spec[k])))}</code>" for k in keys
              if spec.get(k) not in (None, False, [], {})]
     return f"<b>{html.escape(spec['test'])}</b>" + (": " + ", ".join(parts) if parts else "")
 
