@@ -127,10 +127,18 @@ def test_preranked_uses_the_earlier_analysis_statistic(run, all_store):
     membership = map_gene_sets(load_gene_sets(job.analyses[4].gene_sets),
                                cohort["gene"].values.astype(str),
                                symbols=cohort["symbol"].values.astype(str), match="symbol")
-    direct = gsea_preranked(welch["statistic"].to_numpy(), membership.index_lists(),
+    # duplicates: max_abs (the default) keeps each symbol's probe of largest |t|
+    statistic = welch["statistic"].to_numpy().copy()
+    frame = pd.DataFrame({"symbol": cohort["symbol"].values.astype(str),
+                          "size": np.abs(statistic)}).dropna()
+    frame = frame[~frame["symbol"].isin(["", "nan", "NA"])]
+    keep = frame.groupby("symbol", sort=False)["size"].idxmax().to_numpy()
+    statistic[np.setdiff1d(np.arange(statistic.size), keep)] = np.nan
+    direct = gsea_preranked(statistic, membership.index_lists(),
                             permutations=500, seed=7, key=analysis_key("pre"), multilevel=False)
     table = read(out, "pre").set_index("gene_set").loc[membership.names]
-    for column in ("es", "nes", "p_value"):
+    assert (table["size"] < membership.matrix.sum(axis=1).A1).any()  # duplicates were dropped
+    for column in ("size", "es", "nes", "p_value"):
         np.testing.assert_array_equal(table[column], direct[column])
 
 

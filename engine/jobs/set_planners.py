@@ -211,6 +211,20 @@ def _ranking(a: setspec.GseaPrerankedAnalysis, ctx: Context, cohort: xr.Dataset)
     return column.data, np.asarray(cohort["gene"].values).astype(str), _symbols(cohort, a)
 
 
+def one_row_per_name(statistic, names: np.ndarray) -> np.ndarray:
+    """The statistic with NaN (left out of the ranking) on every row but the one with the
+    largest |statistic| among the rows sharing a name (ties: the first row); rows without a
+    value, and rows without a name, are NaN. GSEA ranks genes, not the probes of one gene."""
+    values = np.asarray(statistic, dtype=np.float64).copy()
+    size = np.where(np.isnan(values), np.inf, -np.abs(values))  # NaN last
+    order = np.lexsort((np.arange(values.size), size, names))  # name, |value| down, row
+    first = np.ones(order.size, bool)
+    first[1:] = names[order][1:] != names[order][:-1]
+    values[order[~first]] = np.nan
+    values[np.isin(names, MISSING_LABELS)] = np.nan  # no gene name: in no set, not ranked
+    return values
+
+
 def _symbols(cohort: xr.Dataset, a) -> np.ndarray | None:
     if a.symbol_column in cohort and cohort[a.symbol_column].dims == ("gene",):
         return np.asarray(cohort[a.symbol_column].values).astype(str)
@@ -245,6 +259,8 @@ def plan_gsea_preranked(a: setspec.GseaPrerankedAnalysis, ds: xr.Dataset,
     sets = load_gene_sets(a.gene_sets)
     membership, match = _map(a, sets, ids, symbols)
     labels = symbols if match == "symbol" else ids
+    if a.duplicates == "max_abs" and match == "symbol":
+        statistic = dask.delayed(one_row_per_name, pure=True)(statistic, labels)
     values = dask.delayed(gsea_preranked, pure=True)(
         statistic, membership.index_lists(), permutations=a.permutations, seed=ctx.seed,
         key=analysis_key(a.name), weight=a.weight, multilevel=a.multilevel, eps=a.eps,

@@ -113,6 +113,10 @@ class GseaPrerankedAnalysis(Enrichment):
     eps: float = Field(default=1e-50, ge=0, le=1, description="multilevel: smallest p reported")
     sample_size: int = Field(default=101, ge=3, description="multilevel: random sets per level "
                                                              "(fgsea sampleSize)")
+    duplicates: Literal["max_abs", "keep"] = Field(
+        default="max_abs", description="rows ranked under one gene name (probes of a symbol "
+                                       "with match: symbol): keep the row with the largest "
+                                       "|statistic| (ties: the first), or keep them all")
 
 
 class GseaPhenotypeAnalysis(Enrichment):
