@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 AdjustMethod = Literal["BH", "BY", "bonferroni", "holm", "hochberg", "qvalue"]
-Label = Annotated[str | int | float, Field(description="a value of the group annotation")]
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -21,6 +21,11 @@ def _not_boolean(value):
         raise ValueError(f"YAML read this label as the boolean {value}; quote it "
                          f"(e.g. case: \"TRUE\") to match the annotation's text")
     return value
+
+
+#: A value of a sample annotation (case, control, event, ...); YAML's booleans are refused.
+Label = Annotated[str | int | float, BeforeValidator(_not_boolean),
+                  Field(description="a value of the group annotation")]
 
 
 class Analysis(Strict):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from engine.jobs.base import NAME_PATTERN, AdjustMethod, Label, Strict, _not_boolean
+from engine.jobs.base import NAME_PATTERN, AdjustMethod, Label, Strict
 
 SCORE_TESTS = ("ssgsea", "gsva", "zscore", "plage", "signature_score")
 RANKING_METRICS = ("signal_to_noise", "t_test", "diff_of_classes", "ratio_of_classes",
@@ -45,11 +45,6 @@ class Delta(Strict):
 
     group: str = Field(description="sample annotation that marks the control samples")
     control: Label = Field(description="the value of group that marks them")
-
-    @field_validator("control", mode="before")
-    @classmethod
-    def _labels(cls, value):
-        return _not_boolean(value)
 
 
 class ScoreAnalysis(GeneSetOptions):
@@ -134,11 +129,6 @@ class GseaPhenotypeAnalysis(Enrichment):
     exhaustive: bool | None = Field(
         default=None, description="enumerate every relabelling (exact p); default: when there "
                                   "are no more of them than permutations")
-
-    @field_validator("case", "control", mode="before")
-    @classmethod
-    def _labels(cls, value):
-        return _not_boolean(value)
 
 
 class GenesFrom(Strict):

@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from engine.errors import InputError
-
-from engine.jobs.base import (NAME_PATTERN, AdjustMethod, Analysis, Confidence, Label, Strict,
-                              _not_boolean)
+from engine.jobs.base import NAME_PATTERN, AdjustMethod, Analysis, Confidence, Label, Strict
 from engine.jobs.setspec import (SET_ANALYSES, GseaPhenotypeAnalysis, GseaPrerankedAnalysis,
                                  OraAnalysis, ScoreAnalysis, check_references)
 
@@ -34,11 +32,6 @@ class TwoGroupAnalysis(Analysis):
     pair_by: str | None = Field(
         default=None, description="sample annotation matching each case sample to its control "
                                   "(required for paired_t and wilcoxon_signed_rank)")
-
-    @field_validator("case", "control", mode="before")
-    @classmethod
-    def _labels(cls, value):
-        return _not_boolean(value)
 
     @model_validator(mode="after")
     def _pairing(self):
@@ -76,11 +69,6 @@ class LinearModelAnalysis(Analysis):
                                                    "average expression (eBayes trend=TRUE)")
     robust: bool = Field(default=False, description="limma: robust prior df (eBayes "
                                                     "robust=TRUE)")
-
-    @field_validator("case", "control", mode="before")
-    @classmethod
-    def _labels(cls, value):
-        return _not_boolean(value)
 
     @model_validator(mode="after")
     def _one_form(self):
@@ -137,11 +125,6 @@ class SurvivalOutcome(Strict):
     event: str = Field(description="0/1 sample annotation, or any annotation with event_value")
     event_value: Label | None = Field(default=None, description="the value of event that "
                                                                 "marks an event")
-
-    @field_validator("event_value", mode="before")
-    @classmethod
-    def _labels(cls, value):
-        return _not_boolean(value)
 
 
 class CoxAnalysis(Analysis, SurvivalOutcome):
@@ -209,11 +192,6 @@ class LogisticAnalysis(Analysis):
                                     "y ~ x + h + x:h, p_interaction tests x:h")
     stratify_by: str | None = Field(default=None, description="separate fits per value")
     confidence: Confidence = 0.95
-
-    @field_validator("event", "reference", mode="before")
-    @classmethod
-    def _labels(cls, value):
-        return _not_boolean(value)
 
 
 ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis, CorrelationAnalysis,
