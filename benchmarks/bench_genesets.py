@@ -618,8 +618,7 @@ def main() -> None:
                 peak = res["tree_peak_mb"] if cluster else res["max_rss_mb"]
                 extra = (f", cluster start-up {res['startup_s']:.1f} s not included, "
                          f"largest worker {res['worker_peak_mb']:.0f} MB" if cluster else "")
-                print(f"  engine: times {', '.join(f'{s:.2f}' for s in res['times'])} s, "
-                      f"peak {peak:.0f} MB{extra}", flush=True)
+                print(f"  engine: {_timing(res, peak)}{extra}", flush=True)
                 diff = np.nan
                 if r is not None:
                     ours = pd.DataFrame(np.load(work / f"engine_{method}_{scheduler}.npy"),
@@ -641,10 +640,9 @@ def main() -> None:
                 res = python_child("prerank_engine", work, args, multilevel=ml)
                 if res is not None:
                     engine[ml] = res
-                    print(f"  engine multilevel={'on' if ml else 'off'}: times "
-                          f"{', '.join(f'{s:.2f}' for s in res['times'])} s, peak "
-                          f"{res['max_rss_mb']:.0f} MB, {res['multilevel_sets']} set(s) "
-                          f"multilevel, smallest p {res['min_p']:.3g}", flush=True)
+                    print(f"  engine multilevel={'on' if ml else 'off'}: {_timing(res)}, "
+                          f"{res['multilevel_sets']} set(s) multilevel, smallest p "
+                          f"{res['min_p']:.3g}", flush=True)
             baselines = {}
             if not args.skip_gseapy:
                 for name, task in (("gseapy.prerank", "prerank_gseapy"),
@@ -656,9 +654,7 @@ def main() -> None:
                     res = python_child(task, work, args, repeats=args.baseline_repeats)
                     if res is not None:
                         baselines[name] = res
-                        print(f"  {name} {res['version']}: times "
-                              f"{', '.join(f'{s:.2f}' for s in res['times'])} s, "
-                              f"peak {res['max_rss_mb']:.0f} MB", flush=True)
+                        print(f"  {name} {res['version']}: {_timing(res)}", flush=True)
             reference = baselines.get("gseapy.prerank")
             for name, base in baselines.items():
                 for ml, res in engine.items():
@@ -683,18 +679,15 @@ def main() -> None:
                 res = python_child("phenotype_engine", work, args, blas_threads=threads)
                 if res is not None:
                     engine[threads] = res
-                    print(f"  engine BLAS threads={'all' if threads == 0 else threads}: times "
-                          f"{', '.join(f'{s:.2f}' for s in res['times'])} s, peak "
-                          f"{res['max_rss_mb']:.0f} MB", flush=True)
+                    print(f"  engine BLAS threads={'all' if threads == 0 else threads}: "
+                          f"{_timing(res)}", flush=True)
             base = None
             if not args.skip_gseapy:
                 if _importable("gseapy"):
                     base = python_child("phenotype_gseapy", work, args,
                                         repeats=args.baseline_repeats)
                     if base is not None:
-                        print(f"  gseapy.gsea {base['version']}: "
-                              f"{', '.join(f'{s:.2f}' for s in base['times'])} s, "
-                              f"peak {base['max_rss_mb']:.0f} MB", flush=True)
+                        print(f"  gseapy.gsea {base['version']}: {_timing(base)}", flush=True)
                 else:
                     print("  gseapy is not importable: gseapy.gsea baseline skipped")
             for threads, res in engine.items():
@@ -730,6 +723,12 @@ def main() -> None:
           f"{load_start[2]:.2f}; end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}")
     print(f"whole run: {total:.0f} s")
+
+
+def _timing(res: dict, peak: float | None = None) -> str:
+    """A child's repeat times and peak memory, as every progress line prints them."""
+    peak = res["max_rss_mb"] if peak is None else peak
+    return f"times {', '.join(f'{s:.2f}' for s in res['times'])} s, peak {peak:.0f} MB"
 
 
 def _importable(module: str) -> bool:
