@@ -47,17 +47,13 @@ def analysis_key(name: str) -> int:
 
 # -- gene sets -------------------------------------------------------------------------------
 
-def _membership(a: setspec.GeneSetOptions, ds: xr.Dataset, row_dim: str = "gene"):
-    """The cohort (collapsed to symbols if asked) and the sets mapped onto its rows."""
+def _membership(a: setspec.GeneSetOptions, ds: xr.Dataset):
+    """The cohort (collapsed to symbols if asked) and the sets mapped onto its genes."""
     if a.collapse is not None:
         ds = collapse_probes(ds, method=a.collapse, symbol_column=a.symbol_column,
                              variable=a.variable)
-    sets = load_gene_sets(a.gene_sets)
-    ids = np.asarray(ds[row_dim].values).astype(str)
-    symbols = None
-    if a.symbol_column in ds and ds[a.symbol_column].dims == (row_dim,):
-        symbols = np.asarray(ds[a.symbol_column].values).astype(str)
-    return ds, _map(a, sets, ids, symbols)
+    ids = np.asarray(ds["gene"].values).astype(str)
+    return ds, _map(a, load_gene_sets(a.gene_sets), ids, _symbols(ds, a))
 
 
 def _map(a: setspec.GeneSetOptions, sets, ids, symbols):
@@ -65,11 +61,10 @@ def _map(a: setspec.GeneSetOptions, sets, ids, symbols):
     if a.match == "symbol" and symbols is None:
         raise InputError(f"match: symbol needs the gene annotation {a.symbol_column!r}, which "
                          "the cohort does not have; set symbol_column or use match: id")
-    membership = map_gene_sets(sets, ids, symbols=symbols,
-                               match="id" if symbols is None and a.match == "auto" else a.match,
-                               case_insensitive=a.case_insensitive, min_size=a.min_size,
-                               max_size=a.max_size)
-    return membership, membership.match
+    return map_gene_sets(sets, ids, symbols=symbols,
+                         match="id" if symbols is None and a.match == "auto" else a.match,
+                         case_insensitive=a.case_insensitive, min_size=a.min_size,
+                         max_size=a.max_size)
 
 
 def _sizes(membership) -> dict[str, xr.DataArray]:
@@ -100,8 +95,8 @@ def _with_sizes(result: xr.Dataset, membership) -> xr.Dataset:
     return result
 
 
-def _set_attrs(a: setspec.GeneSetOptions, match: str) -> dict:
-    return {"gene_sets": a.gene_sets, "match": match, "min_size": a.min_size,
+def _set_attrs(a: setspec.GeneSetOptions, membership) -> dict:
+    return {"gene_sets": a.gene_sets, "match": membership.match, "min_size": a.min_size,
             "max_size": a.max_size if a.max_size is not None else "none",
             "collapse": a.collapse or "none"}
 
@@ -109,7 +104,7 @@ def _set_attrs(a: setspec.GeneSetOptions, match: str) -> dict:
 # -- single-sample scores ----------------------------------------------------------------------
 
 def plan_scores(a: setspec.ScoreAnalysis, ds: xr.Dataset, ctx: Context) -> xr.Dataset:
-    ds, (membership, match) = _membership(a, ds)
+    ds, membership = _membership(a, ds)
     if a.test == "gsva":
         result = gsva_scores(ds, membership, variable=a.variable, kcdf=a.kcdf, tau=a.tau,
                              mx_diff=a.mx_diff, abs_ranking=a.abs_ranking,
@@ -122,17 +117,22 @@ def plan_scores(a: setspec.ScoreAnalysis, ds: xr.Dataset, ctx: Context) -> xr.Da
     if a.delta is not None:
         result["score"] = _delta(result["score"], ds, a.delta)
     result = _with_sizes(result, membership)
-    result.attrs.update(_set_attrs(a, match))
+    result.attrs.update(_set_attrs(a, membership))
     return result
 
 
-def _delta(score: xr.DataArray, ds: xr.Dataset, delta: setspec.Delta) -> xr.DataArray:
-    values = np.array([str(v) for v in sample_annotation(ds, delta.group, "delta group")])
-    control = values == str(delta.control)
-    if not control.any():
+def _samples_with(ds: xr.Dataset, group: str, label, what: str) -> np.ndarray:
+    """Mask of the samples whose annotation ``group`` is ``label``; an error if there are none."""
+    values = np.array([str(v) for v in sample_annotation(ds, group, what)])
+    mask = values == str(label)
+    if not mask.any():
         present = sorted(set(values) - set(MISSING_LABELS))
-        raise InputError(f"delta: no sample has {delta.group} = {delta.control!r} (values: "
-                         f"{preview(present, 10)})")
+        raise InputError(f"no sample has {group} = {label!r} (values: {preview(present, 10)})")
+    return mask
+
+
+def _delta(score: xr.DataArray, ds: xr.Dataset, delta: setspec.Delta) -> xr.DataArray:
+    control = _samples_with(ds, delta.group, delta.control, "delta group")
     baseline = score.isel(sample=np.flatnonzero(control)).mean("sample")
     out = score - baseline
     out.attrs = {"description": f"{score.attrs['description']}, minus the mean score of the "
@@ -164,10 +164,11 @@ _ENRICHMENT_COLUMNS = {
 }
 
 
-def _per_set_result(values, names, labels, columns: dict, attrs: dict, adjust: str,
+def _per_set_result(values, labels, columns: dict, attrs: dict, adjust: str,
                     membership) -> xr.Dataset:
     """Lazy per-set table from one delayed dict of numpy arrays (one task per analysis)."""
     finished = dask.delayed(_finish, pure=True)(values, labels, adjust)
+    names = membership.names
     n = len(names)
     data = {c: xr.DataArray(da.from_delayed(finished[c], shape=(n,), dtype=dtype),
                             dims="gene_set", attrs={"description": description})
@@ -257,49 +258,43 @@ def plan_gsea_preranked(a: setspec.GseaPrerankedAnalysis, ds: xr.Dataset,
                         ctx: Context) -> xr.Dataset:
     statistic, ids, symbols = _ranking(a, ctx, ds)
     sets = load_gene_sets(a.gene_sets)
-    membership, match = _map(a, sets, ids, symbols)
-    labels = symbols if match == "symbol" else ids
-    if a.duplicates == "max_abs" and match == "symbol":
+    membership = _map(a, sets, ids, symbols)
+    labels = symbols if membership.match == "symbol" else ids
+    if a.duplicates == "max_abs" and membership.match == "symbol":
         statistic = dask.delayed(one_row_per_name, pure=True)(statistic, labels)
     values = dask.delayed(gsea_preranked, pure=True)(
         statistic, membership.index_lists(), permutations=a.permutations, seed=ctx.seed,
         key=analysis_key(a.name), weight=a.weight, multilevel=a.multilevel, eps=a.eps,
         sample_size=a.sample_size)
     attrs = {"test": a.test, "permutations": a.permutations, "weight": a.weight,
-             "multilevel": int(a.multilevel), "seed": ctx.seed, **_set_attrs(a, match)}
-    return _per_set_result(values, membership.names, labels, _ENRICHMENT_COLUMNS, attrs,
-                           a.adjust, membership)
+             "multilevel": int(a.multilevel), "seed": ctx.seed, **_set_attrs(a, membership)}
+    return _per_set_result(values, labels, _ENRICHMENT_COLUMNS, attrs, a.adjust, membership)
 
 
 def plan_gsea_phenotype(a: setspec.GseaPhenotypeAnalysis, ds: xr.Dataset,
                         ctx: Context) -> xr.Dataset:
-    ds, (membership, match) = _membership(a, ds)
-    values = np.array([str(v) for v in sample_annotation(ds, a.group, "group")])
-    case, control = values == str(a.case), values == str(a.control)
-    for label, mask in ((a.case, case), (a.control, control)):
-        if not mask.any():
-            raise InputError(f"no sample has {a.group} = {label!r} (values: "
-                             f"{preview(sorted(set(values) - set(MISSING_LABELS)), 10)})")
+    ds, membership = _membership(a, ds)
+    case = _samples_with(ds, a.group, a.case, "group")
+    control = _samples_with(ds, a.group, a.control, "group")
     keep = np.flatnonzero(case | control)
     x = feature_matrix(ds.isel(sample=keep), variable=a.variable).data
     result = gsea_phenotype(x, case[keep], membership.index_lists(), metric=a.metric,
                             permutations=a.permutations, seed=ctx.seed,
                             key=analysis_key(a.name), weight=a.weight, exhaustive=a.exhaustive)
-    labels = _labels(ds, match, a)
+    labels = _labels(ds, membership, a)
     columns = dict(_ENRICHMENT_COLUMNS)
     columns["size"] = (np.int64, "members of the set among the cohort's genes without missing "
                                  "values")
     attrs = {"test": a.test, "group": a.group, "case": str(a.case), "control": str(a.control),
              "metric": a.metric, "permutations": a.permutations, "seed": ctx.seed,
-             **_set_attrs(a, match)}
-    return _per_set_result(result, membership.names, labels, columns, attrs, a.adjust,
-                           membership)
+             **_set_attrs(a, membership)}
+    return _per_set_result(result, labels, columns, attrs, a.adjust, membership)
 
 
-def _labels(ds: xr.Dataset, match: str, a) -> np.ndarray:
+def _labels(ds: xr.Dataset, membership, a) -> np.ndarray:
     ids = np.asarray(ds["gene"].values).astype(str)
     symbols = _symbols(ds, a)
-    return symbols if match == "symbol" and symbols is not None else ids
+    return symbols if membership.match == "symbol" and symbols is not None else ids
 
 
 _ORA_COLUMNS = {
@@ -317,8 +312,8 @@ _ORA_COLUMNS = {
 
 
 def plan_ora(a: setspec.OraAnalysis, ds: xr.Dataset, ctx: Context) -> xr.Dataset:
-    ds, (membership, match) = _membership(a, ds)
-    labels = _labels(ds, match, a)
+    ds, membership = _membership(a, ds)
+    labels = _labels(ds, membership, a)
     n = ds.sizes["gene"]
     if a.genes is not None:
         wanted = {g.lower() if a.case_insensitive else g for g in a.genes}
@@ -345,9 +340,8 @@ def plan_ora(a: setspec.OraAnalysis, ds: xr.Dataset, ctx: Context) -> xr.Dataset
                     else dask.delayed(np.isfinite)(cols["p_value"].data))
     values = dask.delayed(over_representation, pure=True)(
         selected, universe, membership.index_lists(), names=membership.names)
-    attrs = {"test": "ora", "universe": a.universe, **_set_attrs(a, match)}
-    return _per_set_result(values, membership.names, labels, _ORA_COLUMNS, attrs, a.adjust,
-                           membership)
+    attrs = {"test": "ora", "universe": a.universe, **_set_attrs(a, membership)}
+    return _per_set_result(values, labels, _ORA_COLUMNS, attrs, a.adjust, membership)
 
 
 SET_PLANNERS = {setspec.ScoreAnalysis: plan_scores,
