@@ -13,19 +13,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../../.." && pwd)"
-cd "$ROOT"
-SHARED="$(cd "${1:-../shared}" && pwd)"
-ORACLE="$SHARED/oracle"
-ALL="$SHARED/data/all"
-PYTHON="${PYTHON:-python3}"
-if [[ -z "${WORK:-}" ]]; then
-  WORK="$(mktemp -d)"
-  [[ "${KEEP:-0}" == 1 ]] || trap 'rm -rf "$WORK"' EXIT
-fi
-mkdir -p "$WORK"
+source "$HERE/fixture_env.sh"
 OUT="$HERE"
-echo "shared=$SHARED work=$WORK out=$OUT" >&2
 
 # --- versions --------------------------------------------------------------
 Rscript -e 'suppressPackageStartupMessages(library(data.table)); suppressPackageStartupMessages(library(R.utils)); print(sessionInfo()); cat("\ndata.table", format(packageVersion("data.table")), "\nR.utils", format(packageVersion("R.utils")), "\n")' \

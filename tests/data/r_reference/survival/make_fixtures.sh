@@ -12,20 +12,9 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../../../.." && pwd)"
-cd "$ROOT"
-SHARED="$(cd "${1:-../shared}" && pwd)"
-ORACLE="$SHARED/oracle"
-ALL="$SHARED/data/all"
-PYTHON="${PYTHON:-python3}"
-if [[ -z "${WORK:-}" ]]; then
-  WORK="$(mktemp -d)"
-  [[ "${KEEP:-0}" == 1 ]] || trap 'rm -rf "$WORK"' EXIT
-fi
-mkdir -p "$WORK"
+source "$HERE/../fixture_env.sh"
 OUT="$HERE"
 R="$HERE/survival.R"
-echo "shared=$SHARED work=$WORK out=$OUT" >&2
 
 Rscript -e 'suppressPackageStartupMessages({library(survival); library(data.table); library(R.utils)});
   print(sessionInfo()); cat("\nsurvival", format(packageVersion("survival")), "\n")' \

@@ -22,6 +22,7 @@ Only numpy and pandas are needed.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -33,11 +34,16 @@ N_SAMPLES = 120
 N_FEATURES = 40
 
 
-def f32_text(values: np.ndarray) -> np.ndarray:
-    """float32-rounded values as the shortest decimal that reads back to the same double."""
-    a32 = np.asarray(values, dtype=np.float64).astype(np.float32)
-    return np.array([("NA" if np.isnan(v) else repr(float(v))) for v in a32.ravel()],
-                    dtype=object).reshape(a32.shape)
+def _shared_inputs():
+    """../make_inputs.py (same file name, so loaded by path): one f32_text for all fixtures."""
+    spec = importlib.util.spec_from_file_location(
+        "r_reference_inputs", Path(__file__).resolve().parent.parent / "make_inputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+f32_text = _shared_inputs().f32_text
 
 
 def days(text: pd.Series) -> pd.Series:
