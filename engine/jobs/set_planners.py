@@ -8,7 +8,6 @@ the expression matrix), so the whole job stays one graph.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from engine.stats.gsea import gsea_preranked
 from engine.stats.gsva import gsva_scores
 from engine.stats.ora import over_representation, select_genes
 from engine.stats.phenotype import gsea_phenotype
+from engine.resample.rng import analysis_key
 from engine.stats.scores import single_sample_scores
 
 STRING = np.dtypes.StringDType()
@@ -38,11 +38,6 @@ class Context:
 
     seed: int
     planned: dict[str, xr.Dataset]
-
-
-def analysis_key(name: str) -> int:
-    """A stable integer of an analysis name: the spawn key of its random streams."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
 
 
 # -- gene sets -------------------------------------------------------------------------------

@@ -70,6 +70,8 @@ import dask.array as da
 import numpy as np
 
 from engine.errors import InputError
+from engine.resample.exact import exact_sums, grid_powers, half_bits, on_grid, sum_of_squares
+from engine.resample.rng import block_rng
 from engine.stats import gsea, multitest
 
 __all__ = [
@@ -144,7 +146,7 @@ def label_permutations(is_case, n_permutations: int, *, seed: int, key: int, blo
     if block_size < 1 or block < 0 or first >= n_permutations:
         raise InputError(f"permutation block {block} of size {block_size} is outside "
                          f"{n_permutations} permutations")
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key, int(block))))
+    rng = block_rng(seed, key, int(block))
     order = rng.permuted(np.tile(np.arange(is_case.size), (int(block_size), 1)), axis=1)
     width = min(int(block_size), n_permutations - first)
     return np.ascontiguousarray(is_case[order[:width]].T, dtype=np.float64)
@@ -198,42 +200,13 @@ def _usable(x: np.ndarray, metric: str) -> np.ndarray:
     return usable
 
 
-def _half_bits(n: int) -> int:
-    """h such that sums of n integers of 2h bits, and of n products of h-bit halves, are exact."""
-    return (53 - max(1, math.ceil(math.log2(n)))) // 2
-
-
-def _on_grid(x: np.ndarray, h: int):
-    """Each gene as integers ``xq`` on its grid: x ~= (xq + offset) * step, |xq| <= 2^(2h-1) + 1.
-
-    ``step`` is a power of two (scaling by it is exact) fine enough that the gene's mean is
-    representable; values that are multiples of ``step`` (all float32 values within 2^23 steps
-    of the largest) are represented exactly, so a group of zeros has a mean of exactly 0.
-    """
-    mean = x.mean(axis=1)  # rows are contiguous: the same additions whatever the chunk
-    spread = np.abs(x - mean[:, None]).max(axis=1)
-    e_spread = np.frexp(spread)[1]  # spread < 2**e_spread
-    e_mean = np.frexp(mean)[1]
-    # no finer than the mean's own last bit (keeps the offset an exact integer); a zero mean
-    # is on every grid
-    exponent = np.where(mean == 0, e_spread + 1 - 2 * h,
-                        np.maximum(e_spread + 1 - 2 * h, e_mean - 53))
-    exponent = np.where(spread == 0, np.where(mean == 0, 0, e_mean - 53), exponent)
-    step = np.ldexp(1.0, exponent)
-    offset = np.round(mean / step)
-    xq = np.round(x / step[:, None]) - offset[:, None]
-    return xq, offset, step
-
-
 def _moments(parts, count, h):
     """Centred mean and sd (n - 1; 0 for a single sample) of one group, in grid units, from its
     exact sums (sum, and the three products of halves of the sum of squares)."""
-    s, hh, hl, ll = parts
+    s = parts[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         centred = s / count
-        raw = hh * 2.0 ** (2 * h)
-        raw += hl * 2.0 ** (h + 1)
-        raw += ll
+        raw = sum_of_squares(parts[1:], h)
         ss = raw - s * centred
         ss[ss <= _SS_ZERO * raw] = 0.0  # rounding of a constant group's 0
         ss *= 1.0 / np.maximum(count - 1, 1)
@@ -253,16 +226,11 @@ def _fixed_sigma(sd, centred, offset, step):
 
 
 def _metric_tile(x, labels, n_case, n_control, h, metric):
-    xq, offset, step = _on_grid(x, h)
-    hi = np.round(xq * 2.0**-h)
-    lo = xq - hi * 2.0**h
-    products = np.empty((4, *xq.shape))
-    products[0] = xq
-    np.multiply(hi, hi, out=products[1])
-    np.multiply(hi, lo, out=products[2])
-    np.multiply(lo, lo, out=products[3])
+    grid = on_grid(x, h)
+    offset, step = grid.offset, grid.step
+    products = grid_powers(grid)
     # exact integer sums, whatever order BLAS adds in; one product for the four
-    case = (products.reshape(-1, xq.shape[1]) @ labels).reshape(4, xq.shape[0], -1)
+    case = exact_sums(products, labels)
     control = products.sum(axis=2)[:, :, None] - case
     centred_a, sd_a = _moments(case, n_case, h)
     centred_b, sd_b = _moments(control, n_control, h)
@@ -299,7 +267,7 @@ def _metrics(x: np.ndarray, labels: np.ndarray, metric: str, out: np.ndarray) ->
         return
     rows_of = np.flatnonzero(usable)
     n = x.shape[1]
-    h = _half_bits(n)
+    h = half_bits(n)
     n_case = labels.sum(axis=0)
     n_control = n - n_case
     rows = max(1, _TILE_ELEMENTS // max(1, labels.shape[1], n))
