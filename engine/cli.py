@@ -105,9 +105,11 @@ def cmd_demo(a) -> None:
             continue
         if table.stem.endswith("_sizes"):  # which gene sets were found and scored
             continue
-        top = pd.read_csv(table, sep="\t", nrows=5, keep_default_na=False, na_values=["NA"])
-        shown = [c for c in ("stratum", "gene", "gene_set", "symbol", "size", "effect", "nes",
-                             "statistic", "p_value", "p_adj") if c in top]
+        top = pd.read_csv(table, sep="\t", nrows=5, keep_default_na=False, na_values=["NA"],
+                          dtype={"gene": str, "sample": str})  # IDs such as 01005 stay text
+        shown = [c for c in ("stratum", "gene", "gene_set", "symbol", "size", "effect", "ci_low",
+                             "ci_high", "nes", "statistic", "p_value", "p_adj", "p_perm")
+                 if c in top]
         if "p_value" not in top:  # a sets x samples score matrix: its first samples
             shown = list(top.columns[:5])
         print(f"\n{table.stem}: top rows")

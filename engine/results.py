@@ -19,7 +19,7 @@ import xarray as xr
 INTEGER_COLUMNS = {"n", "n_case", "n_control", "n_events", "df_residual", "converged",
                    "separated", "df_num", "n_risk", "n_event", "n_censor", "size",
                    "size_in_library", "size_mapped", "overlap", "n_permutations",
-                   "n_selected", "n_universe"}
+                   "n_selected", "n_universe", "consensus_class", "class_at_k", "n_boot"}
 FEATURE_DIMS = ("gene", "gene_set", "feature")
 SCORE_DIMS = ("gene_set", "sample")  # single-sample scores: written wide, as GSVA returns them
 
@@ -32,11 +32,15 @@ def gene_annotations(cohort: xr.Dataset) -> pd.DataFrame:
 
 
 def _groups(result: xr.Dataset) -> dict[tuple, list[str]]:
+    """Variables by their dimensions, in the order of the ``columns`` attribute; variables
+    listed in the ``zarr_only`` attribute (e.g. sample x sample consensus matrices) are left
+    out of the tables."""
     groups: dict[tuple, list[str]] = {}
     order = list(result.attrs.get("columns", []))
     names = [n for n in order if n in result.data_vars]
     names += sorted(set(result.data_vars) - set(names))
-    for name in names:
+    skip = set(result.attrs.get("zarr_only", []))
+    for name in (n for n in names if n not in skip):
         groups.setdefault(result[name].dims, []).append(name)
     return groups
 
@@ -99,7 +103,9 @@ def result_tables(result: xr.Dataset, annotations: pd.DataFrame) -> dict[str, pd
             curve = table[table["time"].notna()].drop(columns="step")
             tables["curve"] = curve.reset_index(drop=True)
         else:
-            tables[dims[0] if dims[0] not in FEATURE_DIMS else "_".join(dims)] = table
+            shared = sum(d[0] == dims[0] for d in groups) > 1  # e.g. ("k",) and ("k", "sample")
+            use_all = dims[0] in FEATURE_DIMS or (shared and len(dims) > 1)
+            tables["_".join(dims) if use_all else dims[0]] = table
     return tables
 
 

@@ -44,3 +44,23 @@ class Analysis(Strict):
 
 
 Confidence = Annotated[float, Field(gt=0, lt=1, description="level of the confidence intervals")]
+
+
+class Bootstrap(Strict):
+    """Bootstrap confidence interval of an analysis' effect (README: Resampling)."""
+
+    replicates: int = Field(default=2000, ge=100, le=10**6, description="bootstrap replicates")
+    method: Literal["percentile", "basic", "bca", "studentized"] = Field(
+        default="bca", description="interval: percentile, basic, bca (bias-corrected and "
+                                   "accelerated; scipy.stats.bootstrap's default) or "
+                                   "studentized (bootstrap-t; not with by)")
+    level: Confidence = 0.95
+    by: str | None = Field(default=None, description="sample annotation of the resampling "
+                           "unit (e.g. patient): its samples are resampled together")
+    strata: bool | str = Field(default=True, description="resample within strata so every "
+                               "replicate keeps their sizes: true = the analysis' groups, "
+                               "false = none, or a sample annotation")
+    weights: Literal["multinomial", "poisson"] = Field(
+        default="multinomial", description="replicate weights: multinomial counts (the "
+                                           "classical bootstrap) or Poisson(1) counts per unit "
+                                           "(differences of means only)")

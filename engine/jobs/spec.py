@@ -14,7 +14,9 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from engine.errors import InputError
-from engine.jobs.base import NAME_PATTERN, AdjustMethod, Analysis, Confidence, Label, Strict
+from engine.jobs.base import (NAME_PATTERN, AdjustMethod, Analysis, Bootstrap, Confidence, Label,
+                              Strict)
+from engine.jobs.clusterspec import ConsensusAnalysis
 from engine.jobs.setspec import (SET_ANALYSES, GseaPhenotypeAnalysis, GseaPrerankedAnalysis,
                                  OraAnalysis, ScoreAnalysis, check_references)
 
@@ -32,6 +34,14 @@ class TwoGroupAnalysis(Analysis):
     pair_by: str | None = Field(
         default=None, description="sample annotation matching each case sample to its control "
                                   "(required for paired_t and wilcoxon_signed_rank)")
+    fold_change_base: Literal[2, 10, "e"] | None = Field(
+        default=None, description="add fold_change = base ** effect (effect on the log scale "
+                                  "of that base), with its bootstrap interval when bootstrapped")
+    bootstrap: Bootstrap | None = Field(default=None, description="bootstrap interval of effect")
+    permutations: int | None = Field(
+        default=None, ge=1, le=10**7, description="per-gene permutation p-values (p_perm, "
+        "p_maxT): label permutations (paired tests: sign flips); every distinct relabelling "
+        "exactly when there are no more of them than this")
 
     @model_validator(mode="after")
     def _pairing(self):
@@ -41,6 +51,9 @@ class TwoGroupAnalysis(Analysis):
         if self.test not in PAIRED and self.pair_by is not None:
             raise ValueError(f"test {self.test!r} is unpaired and takes no pair_by "
                              f"(use paired_t or wilcoxon_signed_rank for paired samples)")
+        if self.bootstrap is not None and self.test in PAIRED and self.bootstrap.by is not None:
+            raise ValueError("paired tests resample their pairs; bootstrap.by is for unpaired "
+                             "tests (clusters such as patients with several samples)")
         return self
 
 
@@ -67,6 +80,8 @@ class LinearModelAnalysis(Analysis):
         default_factory=dict, description="reference level per categorical annotation")
     trend: bool = Field(default=False, description="limma: prior variance trends with "
                                                    "average expression (eBayes trend=TRUE)")
+    bootstrap: Bootstrap | None = Field(default=None, description="bootstrap interval of the "
+                                        "tested coefficient or contrast (resampling samples)")
     robust: bool = Field(default=False, description="limma: robust prior df (eBayes "
                                                     "robust=TRUE)")
 
@@ -165,6 +180,8 @@ class CorrelationAnalysis(Analysis):
     exact: bool = Field(default=False, description="spearman: R cor.test's exact p (AS 89) "
                                                    "where there are no ties and n <= 1290")
     confidence: Confidence = 0.95
+    bootstrap: Bootstrap | None = Field(default=None, description="bootstrap interval of r or "
+                                        "rho (resampling samples with their partner value)")
 
     @model_validator(mode="after")
     def _partner(self):
@@ -192,14 +209,17 @@ class LogisticAnalysis(Analysis):
                                     "y ~ x + h + x:h, p_interaction tests x:h")
     stratify_by: str | None = Field(default=None, description="separate fits per value")
     confidence: Confidence = 0.95
+    bootstrap: Bootstrap | None = Field(default=None, description="bootstrap interval of the "
+                                        "odds ratio (resampling samples)")
 
 
 ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis, CorrelationAnalysis,
-            LogisticAnalysis, CoxAnalysis, KaplanMeierAnalysis, *SET_ANALYSES)
+            LogisticAnalysis, CoxAnalysis, KaplanMeierAnalysis, *SET_ANALYSES, ConsensusAnalysis)
 AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis | AncovaAnalysis
                         | CorrelationAnalysis | LogisticAnalysis | CoxAnalysis
                         | KaplanMeierAnalysis | ScoreAnalysis | GseaPrerankedAnalysis
-                        | GseaPhenotypeAnalysis | OraAnalysis, Field(discriminator="test")]
+                        | GseaPhenotypeAnalysis | OraAnalysis | ConsensusAnalysis,
+                        Field(discriminator="test")]
 
 
 def analysis_model(test: str) -> type[Strict] | None:

@@ -23,6 +23,13 @@ Conventions (R ``cor.test``, scipy ``pearsonr`` / ``spearmanr``):
   p-value n >= 3, the interval n >= 4, and all three a feature and a partner that are not
   constant on the complete samples. |r| = 1 gives p = 0 (t approximation) and the interval
   [r, r].
+* Bootstrap (``correlation(..., bootstrap=...)``, ``engine.resample.statistic_bootstrap``):
+  ci_low / ci_high become the bootstrap interval of r or rho and the Fisher interval moves to
+  ci_low_fisher / ci_high_fisher. Samples (or clusters, ``by``) with a partner value are
+  resampled, not stratified unless ``strata`` names an annotation; each replicate computes r
+  or rho exactly as above on the resampled samples (Spearman re-ranks them: duplicated samples
+  tie). The studentized interval uses the delta-method standard error of Fisher's z,
+  (1 - r^2) / sqrt(n - 3).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import bottleneck as bn
 import numpy as np
@@ -37,12 +45,14 @@ import xarray as xr
 from scipy import special
 
 from engine.errors import InputError
+from engine.resample import statistic_bootstrap as sb
 from engine.stats import multitest
 from engine.stats.features import (
     feature_matrix,
     gene_row,
     map_features,
     numeric_annotation,
+    sample_annotation,
     strata,
     stratified_result,
 )
@@ -281,11 +291,157 @@ KERNELS = {"pearson": pearson, "spearman": spearman}
 METHODS = tuple(KERNELS)
 
 
-def _stratified(block, *, method, y, samples, options):
-    """One read of a chunk: the kernel on each stratum's samples, fields side by side."""
+def _sorted_ties(x):
+    """Per row of ``x`` (no NaN): the sort order; the rows with tied values, and for each of
+    their sorted positions the first and the last position of its tie group."""
+    order = np.argsort(x, axis=1, kind="stable")
+    ordered = np.take_along_axis(x, order, axis=1)
+    new = np.ones(x.shape, bool)  # a sorted position starts a tie group
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    tied = np.flatnonzero(~new.all(axis=1))
+    new = new[tied]
+    last = np.ones(new.shape, bool)
+    last[:, :-1] = new[:, 1:]
+    positions = np.broadcast_to(np.arange(x.shape[1]), new.shape)
+    first = np.maximum.accumulate(np.where(new, positions, 0), axis=1)
+    end = np.minimum.accumulate(np.where(last, positions, x.shape[1] - 1)[:, ::-1],
+                                axis=1)[:, ::-1]
+    return order, tied, first, end
+
+
+def _centred_ranks(counts, total, order, tied, first, end):
+    """Each row's average ranks among the resampled values minus their mean (total + 1) / 2,
+    in the row's sort order, with the counts in that order (sample i drawn counts[i] times).
+    The rank of a tie group is (count of smaller values) + (count of the group + 1) / 2, so the
+    centred rank is (smaller + smaller-or-equal - total) / 2. Exact: multiples of 1/2."""
+    c = counts[order]
+    upto = np.cumsum(c, axis=1)  # values up to each sorted position
+    below = upto - c
+    if tied.size:  # a tie group: the count below its first value, up to its last
+        below[tied] = np.take_along_axis(below[tied], first, axis=1)
+        upto[tied] = np.take_along_axis(upto[tied], end, axis=1)
+    below += upto
+    below -= total
+    below *= 0.5
+    return c, below
+
+
+class _Replicates:
+    """r (or rho) of every row of a block with ``y`` on any replicate, from the replicate's
+    counts of each sample: rows without missing values as count-weighted sums over the block's
+    samples, ranks of a replicate from each row's sort order computed once (``_sorted_ties``:
+    no sort per replicate); rows with missing values by ``_correlate`` on the resampled
+    columns. The same r as ``_correlate`` on ``x[:, idx]`` (ranks exactly; sums to rounding).
+    """
+
+    def __init__(self, x, y, rank: bool, studentized: bool):
+        self.x = np.ascontiguousarray(x, dtype=np.float64)
+        self.y, self.rank, self.studentized = np.asarray(y, dtype=np.float64), rank, studentized
+        self.full, self.partial, _ = _split_by_missing(self.x)
+        self.xf = self.x[self.full]
+        if rank:
+            self.sorted_x = _sorted_ties(self.xf)
+            self.sorted_y = _sorted_ties(self.y[None, :])
+
+    def __call__(self, idx):
+        idx = np.asarray(idx)
+        r = np.empty(self.x.shape[0])
+        n = np.full(self.x.shape[0], float(idx.size))
+        if self.full.size:
+            counts = np.bincount(idx, minlength=self.x.shape[1]).astype(np.float64)
+            r[self.full] = (self._ranked if self.rank else self._pearson)(counts, idx.size)
+        if self.partial.size:
+            r[self.partial], n[self.partial] = _correlate(self.x[np.ix_(self.partial, idx)],
+                                                          self.y[idx], self.rank)
+        if not self.studentized:
+            return r
+        with np.errstate(invalid="ignore", divide="ignore"):
+            se = np.where(n >= 4, (1.0 - r * r) / np.sqrt(n - 3), np.nan)
+        return np.column_stack([r, se])
+
+    def _ranked(self, counts, total):
+        c, dx = _centred_ranks(counts, total, *self.sorted_x)
+        y_order, dy = self.sorted_y[0][0], _centred_ranks(counts, total, *self.sorted_y)[1][0]
+        dy_by_sample = np.empty_like(dy)
+        dy_by_sample[y_order] = dy
+        cdx = c * dx
+        # sums of products of half-integers and counts: exact in any order
+        sxx = np.einsum("ij,ij->i", cdx, dx)
+        sxy = np.einsum("ij,ij->i", cdx, dy_by_sample[self.sorted_x[0]])
+        syy = counts @ (dy_by_sample * dy_by_sample)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.clip(sxy / np.sqrt(sxx * syy), -1.0, 1.0)
+        r[(sxx == 0) | (syy == 0) | (total < 2)] = np.nan  # constant resamples, exactly
+        return r
+
+    def _pearson(self, counts, total):
+        drawn = np.flatnonzero(counts)
+        x, y, c = self.xf[:, drawn], self.y[drawn], counts[drawn]
+        xc = x - ((x * c).sum(axis=1) / total)[:, None]
+        yc = y - (y * c).sum() / total
+        cxc = c * xc
+        sxy = (cxc * yc).sum(axis=1)
+        sxx = (cxc * xc).sum(axis=1)
+        syy = (c * yc * yc).sum()
+        constant = (x.max(axis=1) == x.min(axis=1)) | (y.max() == y.min())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.clip(sxy / np.sqrt(sxx * syy), -1.0, 1.0)
+        r[constant | (total < 2)] = np.nan
+        return r
+
+
+def bootstrap_correlation(x, *, y, rank: bool, studentized: bool = False):
+    """The bootstrap statistic of a block (``statistic_bootstrap`` protocol): a function of a
+    replicate's sample positions ``idx`` giving r (or rho, ``rank``) of every row of ``x`` with
+    ``y`` (no missing values) on those samples, as ``_correlate(x[:, idx], y[idx])``, and with
+    ``studentized`` its standard error (1 - r^2) / sqrt(n - 3) (delta method of Fisher's z;
+    NaN for n < 4). Per-block work (sort orders) is done once here."""
+    return _Replicates(x, y, rank, studentized)
+
+
+@dataclass(frozen=True)
+class _StratumBootstrap:
+    """One stratum's resampling: cluster and stratum codes of its samples, the kernel options."""
+
+    clusters: np.ndarray | None
+    strata: np.ndarray | None
+    soft: bool
+    stratified: bool
+    options: dict
+
+
+def _bootstrap_block(x, y, method, plan: _StratumBootstrap):
+    """(features, 3) bootstrap fields of one stratum. Samples without a partner value are not
+    resampled (they are in no feature's correlation); a stratum that cannot be resampled
+    (fewer than 2 such samples, a named bootstrap stratum of one unit) gets NaN."""
+    present = ~np.isnan(y)
+    try:
+        if present.sum() < 2:
+            raise InputError("fewer than 2 samples")
+        units = sb.units_of(int(present.sum()),
+                            *(None if c is None else c[present]
+                              for c in (plan.clusters, plan.strata)), soft=plan.soft)
+    except InputError:
+        if plan.stratified:
+            return sb.empty_interval(x.shape[0])
+        raise
+    statistic = functools.partial(bootstrap_correlation, y=y[present],
+                                  rank=method == "spearman",
+                                  studentized=plan.options["method"] == "studentized")
+    return sb.bootstrap_statistic(x[:, present], statistic, units, **plan.options)
+
+
+def _stratified(block, *, method, y, samples, options, bootstrap=None):
+    """One read of a chunk: the kernel on each stratum's samples, fields side by side (each
+    stratum's bootstrap fields after its own)."""
     y = np.asarray(y, dtype=np.float64)
-    return np.concatenate([KERNELS[method](block[:, idx], y[idx], **options) for idx in samples],
-                          axis=1)
+    parts = []
+    for s, idx in enumerate(samples):
+        parts.append(KERNELS[method](block[:, idx], y[idx], **options))
+        if bootstrap is not None:
+            parts.append(_bootstrap_block(np.asarray(block[:, idx], dtype=np.float64), y[idx],
+                                          method, bootstrap[s]))
+    return np.concatenate(parts, axis=1)
 
 
 def _descriptions(method: str, partner: str, confidence: float, exact: bool, adjust: str):
@@ -309,10 +465,31 @@ def _descriptions(method: str, partner: str, confidence: float, exact: bool, adj
     }
 
 
+def _bootstrap_plans(ds, options, groups, y, covariate, stratified):
+    """Per stratum, the resampling of its samples with a partner value (covariate) or of all
+    its samples (gene partner: its missing values are only known when computed)."""
+    positions = np.unique(np.concatenate([g.samples for g in groups]))
+    if covariate is not None:
+        positions = positions[~np.isnan(y[positions])]
+    plan = sb.resampling(lambda name: sample_annotation(ds, name, "bootstrap annotation"),
+                         positions, options)
+    plans = []
+    for g in groups:
+        clusters, strata_codes = plan.codes(g.samples)  # -1: no covariate, never resampled
+        plans.append(_StratumBootstrap(clusters, strata_codes, plan.soft, stratified,
+                                       sb.kernel_options(options,
+                                                         sb.key_for(options, g.label, stratified))))
+        if covariate is not None:  # samples known now: refuse what cannot be resampled now
+            sb.units_or_none(plan, g.samples[np.isin(g.samples, positions)],
+                             stratified=stratified)
+    return plan, plans
+
+
 def correlation(ds: xr.Dataset, *, method: str, covariate: str | None = None,
                 gene: str | None = None, stratify_by: str | None = None,
                 variable: str = "expression", features: Sequence[str] | None = None,
-                exact: bool = False, confidence: float = 0.95, adjust: str = "BH") -> xr.Dataset:
+                exact: bool = False, confidence: float = 0.95, adjust: str = "BH",
+                bootstrap=None) -> xr.Dataset:
     """Correlation of every feature with a numeric sample annotation or with one gene, lazily.
 
     The partner is ``covariate`` (a numeric sample annotation; samples without a value are
@@ -322,7 +499,11 @@ def correlation(ds: xr.Dataset, *, method: str, covariate: str | None = None,
     see the module docstring for conventions and references. With ``stratify_by``, every
     variable has dims (``stratum``, feature) and is computed from one read of each chunk;
     without, (feature,). Variables: statistic, p_value, p_adj (``adjust`` over the features of
-    each stratum), ci_low, ci_high, n. Building the result computes nothing.
+    each stratum), ci_low, ci_high, n. ``bootstrap`` (``statistic_bootstrap.BootstrapOptions``
+    or anything ``bootstrap_options`` accepts): ci_low / ci_high are then the bootstrap
+    interval of the correlation, followed by n_boot, ci_low_fisher, ci_high_fisher (each
+    stratum of ``stratify_by`` resampled on its own, with its own stream). Building the result
+    computes nothing.
     """
     if method not in KERNELS:
         raise InputError(f"unknown correlation method {method!r} (choose from "
@@ -336,6 +517,7 @@ def correlation(ds: xr.Dataset, *, method: str, covariate: str | None = None,
     if adjust not in multitest.METHODS:
         raise InputError(f"unknown p-value adjustment {adjust!r} (choose from "
                          f"{', '.join(multitest.METHODS)})")
+    options = sb.bootstrap_options(bootstrap)
     rows = feature_matrix(ds, variable=variable, features=features)
     if covariate is not None:
         y = numeric_annotation(ds, covariate, "covariate")
@@ -346,19 +528,32 @@ def correlation(ds: xr.Dataset, *, method: str, covariate: str | None = None,
         y = gene_row(ds, gene, variable)
         partner, attrs = f"gene {gene!r}", {"gene": str(gene)}
     groups = strata(ds, stratify_by)
-    options = {"confidence": float(confidence)} | ({"exact": True} if exact else {})
+    kernel_options = {"confidence": float(confidence)} | ({"exact": True} if exact else {})
     samples = [g.samples for g in groups]
-    width = len(RESULT_FIELDS)
+    fields = list(RESULT_FIELDS)
+    order = ["statistic", "p_value", "p_adj", "ci_low", "ci_high", "n"]
+    descriptions = _descriptions(method, partner, confidence, exact, adjust)
+    plans = None
+    if options is not None:
+        plan, plans = _bootstrap_plans(ds, options, groups, y, covariate,
+                                       stratify_by is not None)
+        # the kernel's Fisher interval keeps its values under new names
+        fields = [f"{f}_fisher" if f in ("ci_low", "ci_high") else f for f in fields]
+        fields += list(sb.BOOT_FIELDS)
+        order[5:5] = ["n_boot", "ci_low_fisher", "ci_high_fisher"]
+        effect = {"pearson": "the Pearson correlation r",
+                  "spearman": "the Spearman correlation rho"}[method]
+        descriptions |= {f"{bound}_fisher": descriptions[bound] for bound in ("ci_low", "ci_high")}
+        descriptions |= sb.interval_descriptions(options, effect, plan)
+        attrs |= sb.bootstrap_attrs(options, plan)
+    width = len(fields)
     stacked = map_features(rows.data, _stratified, width * len(groups),
                            name=f"correlation-{method}", method=method, y=y,
-                           samples=samples, options=options)
+                           samples=samples, options=kernel_options, bootstrap=plans)
     columns = {f: [stacked[:, s * width + i] for s in range(len(groups))]
-               for i, f in enumerate(RESULT_FIELDS)}
+               for i, f in enumerate(fields)}
     columns["p_adj"] = [adjust_p(p, adjust) for p in columns["p_value"]]
-    order = ("statistic", "p_value", "p_adj", "ci_low", "ci_high", "n")
     attrs |= {"test": method, "confidence": float(confidence), "exact": bool(exact),
               "adjust": adjust, "variable": variable}
     return stratified_result({f: columns[f] for f in order}, rows, groups, stratify_by,
-                             attrs=attrs,
-                             descriptions=_descriptions(method, partner, confidence, exact,
-                                                        adjust))
+                             attrs=attrs, descriptions=descriptions)

@@ -44,17 +44,29 @@ Conventions:
   normal p-value, ``ci = exp(effect -/+ z_{(1+confidence)/2} se)``; ``p_interaction`` is the
   Wald test of ``delta`` (the z test for one interaction coefficient, chi-square with k df for
   k), NaN without an interaction or when any interaction coefficient is not estimable.
+* Bootstrap (``logistic(..., bootstrap=...)``, ``engine.resample.statistic_bootstrap``):
+  ci_low / ci_high become the bootstrap interval of the odds ratio, computed on the odds-ratio
+  scale from the replicates' odds ratios, and the Wald interval moves to ci_low_wald /
+  ci_high_wald. Each replicate refits every feature on the resampled samples (standardisation
+  or median split of that replicate); by default within the outcome classes (``strata: true``:
+  every replicate keeps the numbers of events and non-events). Separated or non-converged
+  replicate fits are undefined and left out (``n_boot`` counts those used, as
+  ``rms::bootcov`` counts the fits that converged). The studentized interval uses the
+  delta-method standard error of the odds ratio, odds_ratio * se.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 from scipy import special
 
 from engine.errors import InputError, preview
+from engine.resample import statistic_bootstrap as sb
 from engine.stats import features as feat
 from engine.stats import multitest
 
@@ -374,9 +386,10 @@ def _wald(design, beta, eta, w, d, null, estimable, ok, to_raw, confidence,
         out[rows, FIELDS.index("se")] = se
         out[rows, FIELDS.index("statistic")] = z
         out[rows, FIELDS.index("p_value")] = 2.0 * special.ndtr(-np.abs(z))
-        out[rows, FIELDS.index("odds_ratio")] = np.exp(effect)
-        out[rows, FIELDS.index("ci_low")] = np.exp(effect - half)
-        out[rows, FIELDS.index("ci_high")] = np.exp(effect + half)
+        with np.errstate(over="ignore"):  # a huge but finite estimate: an infinite bound
+            out[rows, FIELDS.index("odds_ratio")] = np.exp(effect)
+            out[rows, FIELDS.index("ci_low")] = np.exp(effect - half)
+            out[rows, FIELDS.index("ci_high")] = np.exp(effect + half)
         if k:
             inter = slice(q + 1, q + 1 + k)
             testable = estimable[rows, inter].all(axis=1)
@@ -396,6 +409,48 @@ def _wald(design, beta, eta, w, d, null, estimable, ok, to_raw, confidence,
     return out
 
 
+# --- bootstrap --------------------------------------------------------------------------------
+
+
+def bootstrap_odds_ratio(x, *, y, covariates, interaction, predictor_scale: str,
+                         studentized: bool = False):
+    """The bootstrap statistic of a block (``statistic_bootstrap`` protocol): a function of a
+    replicate's sample positions ``idx`` giving every row's odds ratio refitted on those
+    samples of ``x`` with their outcome, covariates and interaction dummies (NaN where the fit
+    is separated, not converged or not fitted), and with ``studentized`` its delta-method
+    standard error odds_ratio * se."""
+    def replicate(idx):
+        out = logistic_regression(x[:, idx], y[idx], covariates[idx],
+                                  interaction=interaction[idx], predictor_scale=predictor_scale)
+        odds = out[:, FIELDS.index("odds_ratio")]
+        if not studentized:
+            return odds
+        return np.column_stack([odds, odds * out[:, FIELDS.index("se")]])
+
+    return replicate
+
+
+@dataclass(frozen=True)
+class _Bootstrap:
+    units: sb.ResampleUnits | None  # None: the stratum cannot be resampled (NaN intervals)
+    options: dict
+
+
+def _fit(x, *, y, covariates, interaction, predictor_scale, confidence, bootstrap=None):
+    """The kernel's FIELDS, and with ``bootstrap`` the BOOT_FIELDS after them (one read)."""
+    fitted = logistic_regression(x, y, covariates, interaction=interaction,
+                                 predictor_scale=predictor_scale, confidence=confidence)
+    if bootstrap is None:
+        return fitted
+    if bootstrap.units is None:
+        return np.concatenate([fitted, sb.empty_interval(x.shape[0])], axis=1)
+    statistic = functools.partial(bootstrap_odds_ratio, y=y, covariates=covariates,
+                                  interaction=interaction, predictor_scale=predictor_scale,
+                                  studentized=bootstrap.options["method"] == "studentized")
+    boot = sb.bootstrap_statistic(x, statistic, bootstrap.units, **bootstrap.options)
+    return np.concatenate([fitted, boot], axis=1)
+
+
 # --- the lazy wrapper -------------------------------------------------------------------------
 
 _SCALE_WORDS = {"sd": "per 1-SD increase of the feature (standardised per fit, sd with ddof=1)",
@@ -407,7 +462,7 @@ def logistic(ds: xr.Dataset, *, outcome: str, event, reference=None, predictor_s
              covariates: Sequence[str] = (), stratify_by: str | None = None,
              interaction: str | None = None, variable: str = "expression",
              features: Sequence[str] | None = None, confidence: float = 0.95,
-             adjust: str = "BH") -> xr.Dataset:
+             adjust: str = "BH", bootstrap=None) -> xr.Dataset:
     """Per-feature logistic regression of a binary sample outcome on each feature, lazily.
 
     The outcome is 1 where the sample annotation ``outcome`` equals ``event`` and 0 where it
@@ -423,7 +478,11 @@ def logistic(ds: xr.Dataset, *, outcome: str, event, reference=None, predictor_s
     Returns a Dataset with ``effect, se, statistic, p_value, p_adj, odds_ratio, ci_low,
     ci_high, [p_interaction], n, n_events, converged, separated``; ``p_adj`` adjusts
     ``p_value`` across features, per stratum. Kernel and conventions: ``logistic_regression``.
-    Building the result computes nothing.
+    ``bootstrap`` (``statistic_bootstrap.BootstrapOptions`` or anything ``bootstrap_options``
+    accepts): ci_low / ci_high are then the bootstrap interval of odds_ratio, followed by
+    n_boot, ci_low_wald, ci_high_wald; ``strata: true`` resamples within the outcome classes
+    (unless clusters of ``by`` span both); each stratum of ``stratify_by`` is resampled on its
+    own, with its own stream. Building the result computes nothing.
     """
     if predictor_scale not in SCALES:
         raise InputError(f"predictor_scale {predictor_scale!r} is not one of {', '.join(SCALES)}")
@@ -450,8 +509,17 @@ def logistic(ds: xr.Dataset, *, outcome: str, event, reference=None, predictor_s
 
     roles = preview(covariates + ([interaction] if interaction else []))
     strata = feat.strata(ds, stratify_by)
+    options = sb.bootstrap_options(bootstrap)
     fields = [f for f in FIELDS if interaction or f != "p_interaction"]
+    n_kernel = len(FIELDS)
+    if options is not None:
+        positions = np.flatnonzero(complete)
+        plan = sb.resampling(lambda name: feat.sample_annotation(ds, name, "bootstrap annotation"),
+                             positions, options, default_strata=y[positions],
+                             default_strata_name=f"{outcome} (outcome classes)")
+        n_kernel += len(sb.BOOT_FIELDS)
     stacked = {f: [] for f in (*fields, "p_adj")}
+    boot = {f: [] for f in sb.BOOT_FIELDS}
     for stratum in strata:
         idx = stratum.samples[complete[stratum.samples]]
         cov_s, inter_s = (_present(cov_columns[idx]), _present(inter_columns[idx]))
@@ -462,12 +530,19 @@ def logistic(ds: xr.Dataset, *, outcome: str, event, reference=None, predictor_s
                              "drop the covariate or merge its rare levels")
         kwargs = dict(y=y[idx], covariates=cov_s, interaction=inter_s,
                       predictor_scale=predictor_scale, confidence=confidence)
+        if options is not None:
+            kwargs["bootstrap"] = _Bootstrap(
+                sb.units_or_none(plan, idx, stratified=stratify_by is not None),
+                sb.kernel_options(options, sb.key_for(options, stratum.label,
+                                                      stratify_by is not None)))
         x = rows.data[:, idx]
-        fitted = feat.map_features(x, logistic_regression, len(FIELDS), name="logistic",
-                                   **kwargs)
+        fitted = feat.map_features(x, _fit, n_kernel, name="logistic", **kwargs)
         for f in fields:
             stacked[f].append(fitted[:, FIELDS.index(f)])
         stacked["p_adj"].append(feat.adjust(fitted[:, FIELDS.index("p_value")], adjust))
+        if options is not None:
+            for i, f in enumerate(sb.BOOT_FIELDS):
+                boot[f].append(fitted[:, len(FIELDS) + i])
 
     order = [*fields[:4], "p_adj", *fields[4:]]
     ref_level = inter_levels[0] if interaction else None
@@ -477,11 +552,19 @@ def logistic(ds: xr.Dataset, *, outcome: str, event, reference=None, predictor_s
              "confidence": confidence, "adjust": adjust, "variable": variable}
     if interaction:
         attrs.update(interaction=interaction, interaction_reference=ref_level)
-    return feat.stratified_result(
-        {f: stacked[f] for f in order}, rows, strata, stratify_by,
-        descriptions=_descriptions(outcome, event, reference, predictor_scale, interaction,
-                                   ref_level, confidence, adjust, stratify_by is not None),
-        attrs=attrs)
+    descriptions = _descriptions(outcome, event, reference, predictor_scale, interaction,
+                                 ref_level, confidence, adjust, stratify_by is not None)
+    if options is not None:  # the Wald interval keeps its values under new names
+        for bound in ("ci_low", "ci_high"):
+            stacked[f"{bound}_wald"] = stacked.pop(bound)
+            descriptions[f"{bound}_wald"] = descriptions[bound]
+        stacked |= boot
+        at = order.index("ci_low")
+        order[at:at + 2] = ["ci_low", "ci_high", "n_boot", "ci_low_wald", "ci_high_wald"]
+        descriptions |= sb.interval_descriptions(options, "odds_ratio", plan)
+        attrs |= sb.bootstrap_attrs(options, plan)
+    return feat.stratified_result({f: stacked[f] for f in order}, rows, strata, stratify_by,
+                                  descriptions=descriptions, attrs=attrs)
 
 
 def _check_roles(outcome, covariates, interaction, stratify_by):

@@ -12,6 +12,11 @@ import numpy as np
 import xarray as xr
 
 from engine.errors import InputError, preview
+from engine.resample.bootstrap import (REPLICATE_BLOCK, bootstrap_mean_difference, resample_units,
+                                       result_fields)
+from engine.resample.permutation import COLUMN_DESCRIPTIONS as PERMUTATION_DESCRIPTIONS
+from engine.resample.permutation import permutation_columns, permutation_info
+from engine.resample.rng import analysis_key
 from engine.stats.features import (adjust, feature_matrix, map_features, result_dataset,
                                    sample_annotation)
 from engine.stats.twogroup import PAIRED_TESTS, RESULT_FIELDS, TESTS
@@ -85,13 +90,23 @@ def two_group_design(ds: xr.Dataset, *, group: str, case, control, pair_by: str 
 
 def two_group_test(ds: xr.Dataset, *, test: str, group: str, case, control,
                    pair_by: str | None = None, variable: str = "expression",
-                   features=None, adjust_method: str = "BH") -> xr.Dataset:
+                   features=None, adjust_method: str = "BH", fold_change_base=None,
+                   bootstrap=None, permutations: int | None = None, seed: int = 0,
+                   name: str = "two_group") -> xr.Dataset:
     """Per-gene two-group test of ``variable`` (or of numeric annotations ``features``), lazily.
 
     The result's variables are named as the table's columns.
     ``test`` is one of welch, student, paired_t, mann_whitney, wilcoxon_signed_rank (see
     ``engine.stats.twogroup`` for the conventions and references). Building the result
     computes nothing; ``p_adj`` is the one global step (over all genes with a p-value).
+
+    Options (README: Resampling): ``fold_change_base`` adds ``fold_change`` = base ** effect;
+    ``bootstrap`` (an object with ``replicates, method, level, by, strata, weights``, e.g. the
+    job's ``Bootstrap``) adds the interval ``ci_low``, ``ci_high`` of ``effect`` (and
+    ``fc_ci_low``, ``fc_ci_high`` of the fold change), :mod:`engine.resample.bootstrap`;
+    ``permutations`` adds ``p_perm``, ``p_perm_floor``, ``p_maxT``, ``n_permutations``,
+    :mod:`engine.resample.permutation`. Random draws come from ``seed`` and the analysis
+    ``name``.
     """
     if test not in TESTS:
         raise InputError(f"unknown test {test!r} (choose from {', '.join(TESTS)})")
@@ -105,13 +120,84 @@ def two_group_test(ds: xr.Dataset, *, test: str, group: str, case, control,
                            case=design.case, control=design.control)
     out = {f: stacked[:, i] for i, f in enumerate(RESULT_FIELDS)}
     out["p_adj"] = adjust(out["p_value"], adjust_method)
-    order = ["effect", "statistic", "df", "p_value", "p_adj", "n_case", "n_control"]
     attrs = {"test": test, "group": group, "case": str(case), "control": str(control),
              "adjust": adjust_method}
     if pair_by is not None:
         attrs["pair_by"] = pair_by
-    return result_dataset({f: out[f] for f in order}, feats, descriptions=DESCRIPTIONS,
+    descriptions = dict(DESCRIPTIONS)
+    if fold_change_base is not None:
+        out["fold_change"] = FOLD_CHANGE[fold_change_base](out["effect"])
+        descriptions["fold_change"] = f"{fold_change_base} ** effect (ratio of back-transformed " \
+                                      "means when the data are on that log scale)"
+        attrs["fold_change_base"] = str(fold_change_base)
+    if bootstrap is not None:
+        ci, info = _bootstrap(ds, feats, design, test=test, group=group, pair_by=pair_by,
+                              bootstrap=bootstrap, fold_change_base=fold_change_base,
+                              seed=seed, name=name)
+        out.update(ci)
+        descriptions.update(bootstrap_descriptions(info))
+        attrs["bootstrap"] = info
+    if permutations is not None:
+        n_case, n_control = len(design.case), len(design.control)
+        out.update(permutation_columns(feats.data, test=test, case=design.case,
+                                       control=design.control, permutations=permutations,
+                                       seed=seed, name=name))
+        info = permutation_info(test, n_case, n_control, permutations)
+        descriptions.update(PERMUTATION_DESCRIPTIONS)
+        attrs["permutation"] = info
+    order = [c for c in COLUMN_ORDER if c in out]
+    return result_dataset({f: out[f] for f in order}, feats, descriptions=descriptions,
                           attrs=attrs)
+
+
+COLUMN_ORDER = ("effect", "fold_change", "ci_low", "ci_high", "fc_ci_low", "fc_ci_high",
+                "statistic", "df", "p_value", "p_adj", "p_perm", "p_perm_floor", "p_maxT",
+                "n_permutations", "n_case", "n_control")
+FOLD_CHANGE = {2: np.exp2, 10: lambda e: 10.0 ** e, "e": np.exp}
+
+def bootstrap_descriptions(info: dict) -> dict:
+    how = f"{info['level']:.0%} {info['method']} bootstrap interval ({info['replicates']} " \
+          f"replicates{', resampling ' + info['by'] if info.get('by') else ''})"
+    return {"ci_low": f"lower end of the {how} of effect",
+            "ci_high": f"upper end of the {how} of effect",
+            "fc_ci_low": f"lower end of the {how} of fold_change",
+            "fc_ci_high": f"upper end of the {how} of fold_change"}
+
+
+def _bootstrap(ds, feats, design: TwoGroupDesign, *, test, group, pair_by, bootstrap,
+               fold_change_base, seed, name):
+    """The bootstrap interval columns of a two-group test and the record of how they were made.
+
+    Unpaired: the observations are the case then the control samples; units are samples, or
+    clusters of samples (``bootstrap.by``), resampled within the two groups (``strata: true``),
+    within the values of an annotation, or unstratified. Paired: the units are the pairs.
+    """
+    paired = pair_by is not None
+    rows = design.case if paired else np.concatenate([design.case, design.control])
+    strata = bootstrap.strata
+    if strata is True:
+        strata = None if paired else np.repeat(["case", "control"],
+                                               [len(design.case), len(design.control)])
+    elif strata is False:
+        strata = None
+    else:
+        strata = sample_annotation(ds, strata, "bootstrap.strata")[rows]
+    clusters = None
+    if bootstrap.by is not None:
+        clusters = sample_annotation(ds, bootstrap.by, "bootstrap.by")[rows]
+    units = resample_units(len(rows), clusters=clusters, strata=strata)
+    fields = result_fields(fold_change_base)
+    stacked = bootstrap_mean_difference(
+        feats.data, design.case, design.control, units, replicates=bootstrap.replicates,
+        method=bootstrap.method, level=bootstrap.level, seed=seed,
+        key=analysis_key(name, "bootstrap"), kind=bootstrap.weights,
+        fold_change_base=fold_change_base, paired=paired, name=f"bootstrap-{name}")
+    columns = {f: stacked[:, i] for i, f in enumerate(fields) if f.startswith(("ci_", "fc_ci"))}
+    info = {"method": bootstrap.method, "replicates": bootstrap.replicates,
+            "level": bootstrap.level, "by": bootstrap.by,
+            "strata": bootstrap.strata, "weights": bootstrap.weights,
+            "units": int(units.stratum.size), "replicate_block": REPLICATE_BLOCK}
+    return columns, info
 
 
 def _two_groups(block: np.ndarray, *, kernel, case: np.ndarray, control: np.ndarray) -> np.ndarray:
