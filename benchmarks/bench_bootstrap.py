@@ -30,8 +30,6 @@ import argparse
 import os
 import platform
 import resource
-import time
-import tracemalloc
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -39,23 +37,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from engine.resample import bootstrap as bs
 from engine.resample.rng import analysis_key
 
-
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def peak_bytes(fn) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+from bench_welch import best, peak_bytes
 
 
 def main() -> None:

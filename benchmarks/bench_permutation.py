@@ -39,7 +39,6 @@ import os
 import platform
 import resource
 import time
-import tracemalloc
 
 import dask
 import dask.array as da
@@ -51,18 +50,9 @@ from engine.resample.exact import exact_sums, grid_powers, half_bits, on_grid
 from engine.resample.rng import analysis_key
 from engine.stats.twogroup import welch_t
 
-from bench_welch import best
+from bench_welch import best, peak_bytes
 
 BATCH = 2048
-
-
-def peak_bytes(fn) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import os
 import platform
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,16 @@ def best(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def peak_bytes(fn) -> int:
+    """Peak bytes of the numpy/Python allocations of one call of ``fn`` (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def time_on_clusters(fn, repeats: int) -> list[tuple[str, float, float]]:

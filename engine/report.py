@@ -12,7 +12,8 @@ TOP = 20
 SPEC_KEYS = ("group", "case", "control", "pair_by", "design", "coef", "contrast", "covariate",
              "gene", "stratify_by", "outcome", "event", "time", "split", "interaction",
              "trend", "robust", "features", "gene_sets", "ranking", "genes_from", "metric",
-             "permutations", "kcdf", "delta")
+             "permutations", "kcdf", "delta", "fold_change_base", "bootstrap", "gene_set",
+             "genes", "k_max", "resamples", "linkage", "distance")
 SAMPLE_COLUMNS = 8  # score matrices: the first samples only
 
 
@@ -32,6 +33,10 @@ def _analysis_section(name: str, spec: dict, table: pd.DataFrame) -> str:
         summary = (f"{len(table)} gene sets x {table.shape[1] - 1} samples; the first "
                    f"{SAMPLE_COLUMNS} samples shown")
         table = table.iloc[:, :SAMPLE_COLUMNS + 1]
+    elif "consensus_class" in table:  # consensus clustering: one row per sample
+        counts = table["label"].value_counts().sort_index()
+        summary = f"{len(table)} samples: " + ", ".join(
+            f"{html.escape(str(k))} {v}" for k, v in counts.items())
     else:
         tested = int(table["p_value"].notna().sum()) if "p_value" in table else 0
         summary = f"{tested} of {len(table)} rows tested"

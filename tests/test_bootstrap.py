@@ -12,6 +12,7 @@ from scipy import special
 
 from engine.errors import InputError
 from engine.resample import bootstrap as bs
+from engine.resample import intervals
 from engine.resample.bootstrap import (
     CI_METHODS,
     REPLICATE_BLOCK,
@@ -196,8 +197,8 @@ def plain_interval(observed, replicates, jackknife, method, level):
     alpha = (1 - level) / 2
     low, high = np.full(observed.size, np.nan), np.full(observed.size, np.nan)
     for r in range(observed.size):
-        theta = replicates[r]
-        if np.isnan(theta).any() or np.isnan(observed[r]):
+        theta = replicates[r][np.isfinite(replicates[r])]  # undefined replicates left out
+        if theta.size < 2 or np.isnan(observed[r]):
             continue
         levels = [alpha, 1 - alpha]
         if method == "bca":
@@ -205,7 +206,9 @@ def plain_interval(observed, replicates, jackknife, method, level):
             z0 = special.ndtri(below)
             num = den = 0.0
             for values in jackknife:
-                v = values[r]
+                v = values[r][np.isfinite(values[r])]
+                if v.size == 0:
+                    continue
                 u = (v.size - 1) * (v.mean() - v)
                 num += (u**3).sum() / v.size**3
                 den += (u**2).sum() / v.size**2
@@ -300,9 +303,9 @@ def test_studentized_equals_loop_with_welch_standard_errors():
     fc = 2.0**theta
     t_fc = np.stack([(2.0**d - fc) / (np.log(2) * 2.0**d * s) for d, s in reps], axis=1)
     q = np.quantile(t_fc, [0.05, 0.95], axis=1)
-    assert_close(ours[:, 3], fc)
-    assert_close(ours[:, 4], fc - q[1] * np.log(2) * fc * se)
-    assert_close(ours[:, 5], fc - q[0] * np.log(2) * fc * se)
+    assert_close(ours[:, 4], fc)
+    assert_close(ours[:, 5], fc - q[1] * np.log(2) * fc * se)
+    assert_close(ours[:, 6], fc - q[0] * np.log(2) * fc * se)
 
 
 @pytest.mark.parametrize("method", SCIPY_METHODS)
@@ -312,18 +315,18 @@ def test_fold_change_interval_is_computed_on_replicate_fold_changes(method, base
     case, control = np.arange(12), np.arange(12, 24)
     ours = mean_difference_bootstrap(x, case, control, replicates=500, method=method, seed=1,
                                      key=1, fold_change_base=base)
-    assert ours.shape == (5, 6)
+    assert ours.shape == (5, 7)
     power = {2: 2.0, 10: 10.0, "e": np.e}[base]
     obs, group = unpaired(x, case, control)
     units = resample_units(24, strata=group)
     observed, replicates, jackknife = loop_statistics(obs, group, units, draws(units, 500, 1, 1))
     low, high = plain_interval(power**observed, power**replicates,
                                [power**j for j in jackknife], method, 0.95)
-    assert_close(ours[:, 3], power**observed)
-    assert_close(ours[:, 4], low)
-    assert_close(ours[:, 5], high)
+    assert_close(ours[:, 4], power**observed)
+    assert_close(ours[:, 5], low)
+    assert_close(ours[:, 6], high)
     if method == "basic":  # basic is not transformation-respecting: not base**(effect CI)
-        assert not np.allclose(ours[:, 4], power ** ours[:, 1], rtol=1e-6)
+        assert not np.allclose(ours[:, 5], power ** ours[:, 1], rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- units and draws
@@ -418,7 +421,7 @@ def test_lazy_wrapper_computes_nothing_and_gives_the_same_bits(no_compute):
                                           name="b", **kwargs)
         lazy50 = bootstrap_mean_difference(da.from_array(x, chunks=(50, -1)), case, control,
                                            name="b", **kwargs)
-    assert lazy7.shape == (50, 6) and lazy7.dtype == np.float64
+    assert lazy7.shape == (50, 7) and lazy7.dtype == np.float64
     np.testing.assert_array_equal(lazy7.compute(scheduler="sync"), ref)
     np.testing.assert_array_equal(lazy50.compute(scheduler="threads"), ref)
     with pytest.raises(InputError, match="method"):
@@ -432,14 +435,16 @@ def test_lazy_wrapper_computes_nothing_and_gives_the_same_bits(no_compute):
 def test_missing_values_give_nan_not_errors():
     x = expression(5, 10, seed=11)
     case, control = np.arange(5), np.arange(5, 10)
-    x[0, :5] = np.nan            # a group without values: NaN everything
-    x[1, 1:5] = np.nan           # one case value: most replicates miss it -> NaN interval
+    x[0, :5] = np.nan            # a group without values: NaN everything, no replicate used
+    x[1, 1:5] = np.nan           # one case value: replicates that miss it are left out
     x[2, :] = np.nan
     out = mean_difference_bootstrap(x, case, control, replicates=300, method="bca", seed=1,
                                     key=1, fold_change_base="e")
-    assert np.isnan(out[[0, 2]]).all()
-    assert np.isfinite(out[1, [0, 3]]).all() and np.isnan(out[1, [1, 2, 4, 5]]).all()
-    assert np.isfinite(out[3:]).all()
+    n_boot = out[:, 3]
+    assert np.isnan(np.delete(out[[0, 2]], 3, axis=1)).all() and (n_boot[[0, 2]] == 0).all()
+    # P(a replicate draws the one present case value) = 1 - (4/5)^5 = 0.67
+    assert 150 < n_boot[1] < 250 and np.isfinite(out[1]).all()
+    assert np.isfinite(out[3:]).all() and (n_boot[3:] == 300).all()
 
 
 def test_confidence_interval_nan_rows_and_vectorised_levels():
@@ -460,13 +465,14 @@ def test_confidence_interval_nan_rows_and_vectorised_levels():
     # per-row levels (BCa) equal scipy's quantile row by row
     p = rng.uniform(0, 1, (6, 2))
     p[0] = [0, 1]
-    q = bs._quantiles(theta, p)
+    q = intervals._quantiles(theta, p)
     for r in (0, 3, 4, 5):
         np.testing.assert_array_equal(q[r], scipy.stats.quantile(theta[r], p[r]))
 
 
 @given(st.integers(1, 40), st.sampled_from([3, 1023, 1024, 2500, 6000]),
-       st.sampled_from(["normal", "ties", "mass", "inf", "skewed"]), st.integers(0, 2**32 - 1))
+       st.sampled_from(["normal", "ties", "mass", "inf", "nan", "skewed"]),
+       st.integers(0, 2**32 - 1))
 def test_order_statistics_are_exact(rows, n, kind, seed):
     """Exact for any data: brackets that miss (ties, a mass of equal values: the rows that
     gather too much are sorted whole), infinities, skewed rows of either sign."""
@@ -479,6 +485,8 @@ def test_order_statistics_are_exact(rows, n, kind, seed):
     elif kind == "inf":
         a[rng.random(a.shape) < 0.02] = np.inf
         a[rng.random(a.shape) < 0.02] = -np.inf
+    elif kind == "nan":  # sorts last, as in np.sort
+        a[rng.random(a.shape) < 0.01] = np.nan
     elif kind == "skewed":
         a = np.exp(4 * a) * rng.choice([-1, 1], (rows, 1))
     ranks = rng.integers(0, n, (rows, 4))
@@ -488,6 +496,9 @@ def test_order_statistics_are_exact(rows, n, kind, seed):
         ranks[:, :2] = [0, n - 1]
     np.testing.assert_array_equal(order_statistics(a, ranks),
                                   np.take_along_axis(np.sort(a, axis=1), ranks, axis=1))
+    if n > 3:  # a row of all-equal values
+        a[0] = 1.0
+        np.testing.assert_array_equal(order_statistics(a, ranks)[0], 1.0)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -19,20 +19,10 @@ the last block is cut at ``replicates``, so replicate j never depends on ``repli
 chunks, tiles, workers or threads; the same replicate applies to every gene. ``kind="poisson"``
 weights every unit by an independent Poisson(1) count instead (``rng.poisson(1.0,
 (REPLICATE_BLOCK, n_units))``): group sizes then vary between replicates and a replicate can
-leave a group empty (its statistic is NaN, and so is the interval), so Poisson weights are for
-large groups only.
+leave a group empty (its statistic is undefined and the replicate is left out of the interval),
+so Poisson weights are for large groups only.
 
-Intervals (:func:`confidence_interval`) are those of ``scipy.stats.bootstrap`` (scipy 1.17;
-Efron & Tibshirani 1993, An Introduction to the Bootstrap, ch. 13 and 14.3): ``percentile`` and ``basic`` with the
-quantiles of ``scipy.stats.quantile(method="linear")`` (R type 7); ``bca`` with z0 from the
-"mean" percentile of the observed statistic among the replicates and the acceleration from the
-jackknife in scipy's multi-sample form (one jackknife per stratum, leaving one unit out);
-``studentized`` (bootstrap-t, Efron & Tibshirani ch. 12.5): [theta - t*(1 - alpha) se,
-theta - t*(alpha) se] with the same quantiles of t* = (theta*_b - theta) / se*_b. A NaN
-anywhere in a row (observed value, a replicate, a jackknife value, se) gives a NaN interval for
-that row, as scipy's quantile propagates NaN; nothing raises. Quantiles are exact order
-statistics found without sorting long rows (:func:`_select`): sorting 10,000 replicates per gene
-would cost several times the matrix products that make them.
+Intervals: :mod:`engine.resample.intervals`.
 
 Differences of means (:func:`mean_difference_bootstrap`, the linear path): with a (samples x B)
 integer weight matrix W of the replicates, every replicate's group sums are ``X @ W``; on the
@@ -49,14 +39,14 @@ group's mean is sum(w x) / sum(w) over its present values. BCa's jackknife is cl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
 
 from engine.errors import InputError, preview
 from engine.resample import exact
+from engine.resample.intervals import (CI_METHODS, check_bootstrap_options, confidence_interval,
+                                       order_statistics, replicate_interval)
 from engine.resample.rng import block_rng
 
 __all__ = [
@@ -84,7 +74,6 @@ __all__ = [
 #: Replicates per random block: replicate j is row j % REPLICATE_BLOCK of block
 #: j // REPLICATE_BLOCK. A constant of the results' contract (changing it changes every result).
 REPLICATE_BLOCK = 256
-CI_METHODS = ("percentile", "basic", "bca", "studentized")
 WEIGHT_KINDS = ("multinomial", "poisson")
 
 _MISSING = ("", "nan", "NA", "None", "<NA>")
@@ -281,301 +270,12 @@ def sample_indices(units: ResampleUnits, unit_rows: np.ndarray):
 
 
 # --------------------------------------------------------------------------- intervals
-
-
-def check_bootstrap_options(*, method: str, level: float, replicates: int) -> None:
-    """One clear InputError for an unknown method, a level outside (0, 1) or bad replicates."""
-    if method not in CI_METHODS:
-        raise InputError(f"unknown bootstrap interval method {method!r} (choose one of "
-                         f"{', '.join(CI_METHODS)})")
-    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) \
-            or not 0 < float(level) < 1:
-        raise InputError(f"bootstrap level must be a number between 0 and 1 (e.g. 0.95), got "
-                         f"{level!r}")
-    _count("bootstrap replicates", replicates, 1)
-
-
-def _rows(a, name: str, ndim: int) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim != ndim:
-        raise InputError(f"{name} must be a {ndim}-D array, got shape {a.shape}")
-    return a
-
-
-def confidence_interval(replicates, observed, *, method: str, level: float,
-                        jackknife: Sequence[np.ndarray] | None = None,
-                        standard_error=None, t_replicates=None
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Bootstrap interval of each row: (low, high), each (rows,).
-
-    ``replicates`` (rows, B) the statistic of every replicate, ``observed`` (rows,) the statistic
-    of the data. ``bca`` needs ``jackknife``: one (rows, n_j) array per stratum (scipy's
-    "sample") of the statistic with one unit of that stratum left out. ``studentized`` needs
-    ``standard_error`` (rows,) of the observed statistic and ``t_replicates`` (rows, B) =
-    (theta*_b - observed) / se*_b (``replicates`` is then not used). Exactly
-    ``scipy.stats.bootstrap``'s intervals for percentile/basic/bca (see the module docstring);
-    a row with any NaN input gets NaN.
-    """
-    check_bootstrap_options(method=method, level=level,
-                            replicates=max(1, np.shape(replicates)[-1]) if np.ndim(replicates)
-                            else 1)
-    observed = _rows(observed, "observed", 1)
-    if method == "studentized":
-        if standard_error is None or t_replicates is None:
-            raise InputError("the studentized interval needs standard_error and t_replicates")
-        t_replicates = _rows(t_replicates, "t_replicates", 2)
-        standard_error = _rows(standard_error, "standard_error", 1)
-        width = t_replicates.shape[1]
-    else:
-        replicates = _rows(replicates, "replicates", 2)
-        if replicates.shape[0] != observed.shape[0]:
-            raise InputError(f"replicates has {replicates.shape[0]} rows but observed "
-                             f"{observed.size}")
-        if method == "bca" and jackknife is None:
-            raise InputError("the BCa interval needs the jackknife values (one array per "
-                             "stratum)")
-        width = replicates.shape[1]
-    # rows in slices of ~2 MB: the several passes over a slice then run from cache
-    step = max(1, _CI_ELEMENTS // max(width, 1))
-    parts = []
-    for start in range(0, observed.size, step):
-        rows = slice(start, start + step)
-
-        def cut(a):
-            return None if a is None else a[rows]
-
-        parts.append(_interval(
-            cut(replicates) if method != "studentized" else None, observed[rows], method, level,
-            None if jackknife is None or method != "bca" else [cut(np.asarray(j))
-                                                               for j in jackknife],
-            cut(standard_error), cut(t_replicates)))
-    if not parts:
-        return np.empty(0), np.empty(0)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-#: Rows x replicates per slice of :func:`confidence_interval` (2 MB of float64).
-_CI_ELEMENTS = 2**18
-
-
-def _interval(theta, observed, method, level, jackknife, se, t):
-    alpha = (1 - float(level)) / 2
-    if method == "studentized":
-        q = _quantiles(t, np.array([alpha, 1 - alpha]))
-        with np.errstate(invalid="ignore"):
-            low = observed - q[:, 1] * se
-            high = observed - q[:, 0] * se
-        bad = np.isnan(observed) | np.isnan(se)
-        low[bad] = np.nan
-        high[bad] = np.nan
-        return low, high
-    if method == "bca":
-        p = np.stack(_bca_levels(theta, observed, jackknife, alpha), axis=-1)
-    else:
-        p = np.array([alpha, 1 - alpha])
-    q = _quantiles(theta, p)
-    low, high = q[:, 0], q[:, 1]
-    if method == "basic":
-        low, high = 2 * observed - high, 2 * observed - low
-    bad = np.isnan(observed)
-    low[bad] = np.nan
-    high[bad] = np.nan
-    return low, high
-
-
-def _percentile_of_score(theta: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """scipy's ``_percentile_of_score`` ("mean" kind, a fraction): (#< + #<=) / 2B."""
-    mask = np.less(theta, score[:, None])
-    below = _row_counts(mask)
-    np.less_equal(theta, score[:, None], out=mask)
-    below += _row_counts(mask)
-    return below / (2 * theta.shape[1])
-
-
-def _row_counts(mask: np.ndarray) -> np.ndarray:
-    """True values per row of a C-contiguous boolean matrix (twice as fast as count_nonzero)."""
-    return mask.view(np.uint8).sum(axis=1, dtype=np.int64)
-
-
-def _acceleration(jackknife: Sequence[np.ndarray]) -> np.ndarray:
-    """scipy's multi-sample jackknife acceleration: U_ji = (n_j - 1)(mean_j - theta_ji),
-    a = sum_j sum_i U^3 / n_j^3 / (6 (sum_j sum_i U^2 / n_j^2)^(3/2))."""
-    nums, dens = [], []
-    for values in jackknife:
-        # row sums in C order: numpy adds a row pairwise only when the row is contiguous, so
-        # the bits would otherwise depend on the array's layout and row count
-        values = np.ascontiguousarray(values, dtype=np.float64)
-        n = float(values.shape[-1])
-        u = (n - 1) * (values.mean(axis=-1, keepdims=True) - values)
-        nums.append((u**3).sum(axis=-1) / n**3)
-        dens.append((u**2).sum(axis=-1) / n**2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return 1 / 6 * sum(nums) / sum(dens) ** (3 / 2)
-
-
-def _bca_levels(theta, observed, jackknife, alpha):
-    """scipy's ``_bca_interval``: the per-row quantile levels (alpha_1, alpha_2)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z0 = special.ndtri(_percentile_of_score(theta, observed))
-        a = _acceleration(jackknife)
-        z_alpha = float(special.ndtri(alpha))
-        num1 = z0 + z_alpha
-        alpha_1 = special.ndtr(z0 + num1 / (1 - a * num1))
-        num2 = z0 - z_alpha
-        alpha_2 = special.ndtr(z0 + num2 / (1 - a * num2))
-    return alpha_1, alpha_2
-
-
-def _quantiles(a: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """``scipy.stats.quantile(a, p, method="linear", axis=-1)`` of each row: (rows, m), with
-    ``p`` (m,) for all rows or (rows, m); NaN where the row has a NaN or p is outside [0, 1].
-
-    Hyndman & Fan type 7 with scipy's arithmetic: jg = p n + (1 - p), j = floor(jg) - 1,
-    g = jg mod 1, q = (1 - g) y[j] + g y[j + 1] (indices clipped to the row)."""
-    rows, n = a.shape
-    n_float = float(n)
-    p = np.broadcast_to(np.asarray(p, dtype=np.float64), (rows, np.shape(p)[-1]))
-    bad_p = (p > 1) | (p < 0) | np.isnan(p)
-    p = np.where(bad_p, 0.5, p)
-    jg = p * n_float + (1 - p)
-    jp1 = jg // 1
-    j = jp1 - 1
-    g = jg % 1
-    g[j < 0] = 0
-    j = np.clip(j, 0.0, n_float - 1).astype(np.intp)
-    jp1 = np.clip(jp1, 0.0, n_float - 1).astype(np.intp)
-    if n == 1:
-        values = np.repeat(a[:, :, None], 2, axis=2) * np.ones(j.shape)[:, :, None]
-    else:
-        # ranks j and j + 1 of each level (j + 1 is jp1 except at the clipped ends)
-        first = np.minimum(j, n - 2)
-        values = _select(a, first, 2)
-        values = np.where((jp1 > first)[:, :, None], values, values[:, :, :1])
-        values = np.stack([np.take_along_axis(values[:, :, 0:2], (j - first)[:, :, None],
-                                              axis=2)[:, :, 0], values[:, :, 1]], axis=2)
-    with np.errstate(invalid="ignore"):
-        out = (1 - g) * values[:, :, 0] + g * values[:, :, 1]
-    out[bad_p] = np.nan
-    out[_nan_rows(a)] = np.nan
-    return out
-
-
-def _nan_rows(a: np.ndarray) -> np.ndarray:
-    """Rows with a NaN (one cheap pass: only rows whose sum is not finite are searched)."""
-    with np.errstate(invalid="ignore"):
-        suspect = np.flatnonzero(~np.isfinite(a.sum(axis=1)))
-    out = np.zeros(a.shape[0], dtype=bool)
-    if suspect.size:
-        out[suspect] = np.isnan(a[suspect]).any(axis=1)
-    return out
-
-
-def order_statistics(a: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """The ``ranks`` (rows, m; 0-based) order statistics of each row of ``a`` (rows, n): exact
-    values (NaN sorts last), found without sorting long rows (see :func:`_select`)."""
-    a = np.asarray(a, dtype=np.float64)
-    ranks = np.asarray(ranks, dtype=np.intp)
-    return _select(a, ranks, 1)[:, :, 0]
-
-
-#: Rows shorter than this are sorted; longer ones are searched by brackets (``_select``).
-_SELECT_MIN = 1024
-#: Leading replicates sorted to find the brackets, and the bracket's half-width in binomial
-#: standard deviations of a sub-sample rank.
-_SUBSAMPLE = 512
-_MARGIN = 4.0
-
-
-def _select(a: np.ndarray, first: np.ndarray, width: int) -> np.ndarray:
-    """Order statistics ``first .. first + width - 1`` (first: (rows, t)) of each row of ``a``:
-    (rows, t, width), exact.
-
-    Sorting every row of B = 10,000 replicates costs ~10x the matrix products that make them,
-    so long rows are searched instead. The first ``_SUBSAMPLE`` values of a row (replicates are
-    exchangeable, so a random sub-sample) are sorted; for each target, the sub-sample's order
-    statistics a few binomial standard deviations either side of the target's expected sub-rank
-    bracket it ([lo, hi], open-ended at the row's ends). The values in any bracket are gathered
-    (one comparison pass per bracket end, one extraction) and sorted: a value's rank in the row
-    is #(row < lo) + its rank among the gathered values >= lo. A row whose brackets miss their
-    target (unlucky sub-sample, heavy ties, NaN) is sorted whole: the result is exact either way.
-    """
-    rows, n = a.shape
-    first = np.asarray(first, dtype=np.intp)
-    targets = first.shape[1]
-    offsets = np.arange(width)
-    if n < _SELECT_MIN or rows == 0:
-        ranks = (first[:, :, None] + offsets).reshape(rows, -1)
-        return np.take_along_axis(np.sort(a, axis=1), ranks, axis=1).reshape(rows, targets,
-                                                                            width)
-    a = np.ascontiguousarray(a)
-    s = _SUBSAMPLE
-    sub = np.sort(a[:, :s], axis=1)
-    centre = (first + width / 2) * (s / n)
-    margin = _MARGIN * np.sqrt(centre * (1 - centre / s) + 1) + 1
-    lo_i = np.floor(centre - margin).astype(np.intp)
-    hi_i = np.ceil(centre + margin).astype(np.intp)
-    lo = np.where(lo_i >= 0, np.take_along_axis(sub, np.clip(lo_i, 0, s - 1), axis=1), -np.inf)
-    hi = np.where(hi_i < s, np.take_along_axis(sub, np.clip(hi_i, 0, s - 1), axis=1), np.inf)
-    lower_open = (lo_i < 0).all(axis=0)
-    upper_open = (hi_i >= s).all(axis=0)
-    # gather the values of every bracket; #(row < lo) where the bracket is two-sided
-    mask = np.zeros(a.shape, dtype=bool)
-    part = np.empty(a.shape, dtype=bool)
-    below = np.zeros((rows, targets), dtype=np.int64)
-    for c in range(targets):  # a handful of targets
-        if lower_open[c]:
-            np.less_equal(a, hi[:, c:c + 1], out=part)
-        elif upper_open[c]:
-            np.greater_equal(a, lo[:, c:c + 1], out=part)
-        else:
-            np.less(a, lo[:, c:c + 1], out=part)
-            below[:, c] = _row_counts(part)
-            np.logical_not(part, out=part)
-            part &= a <= hi[:, c:c + 1]
-        mask |= part
-    counts = _row_counts(mask)
-    # a row gathering far more than its brackets' share of the sub-sample predicts (a mass of
-    # tied values at a bracket's end, an unrepresentative sub-sample) is sorted whole
-    share = (np.minimum(hi_i, s) - np.maximum(lo_i, -1)).sum(axis=1) / s
-    crowded = counts > 4 * share * n + 64
-    if crowded.any():
-        mask[crowded] = False
-        counts[crowded] = 0
-    flat = np.flatnonzero(mask)  # row by row
-    starts = np.cumsum(counts) - counts
-    span = max(int(counts.max()), width)
-    gathered = np.full((rows, span), np.inf)
-    shift = np.repeat(np.arange(rows) * span - starts, counts)
-    gathered.ravel()[shift + np.arange(flat.size)] = a.ravel()[flat]
-    gathered.sort(axis=1)
-    out = np.empty((rows, targets, width))
-    valid = ~crowded
-    for c in range(targets):
-        under = _row_counts(np.less(gathered, lo[:, c:c + 1]))  # gathered values below lo
-        if lower_open[c]:
-            below[:, c] = 0
-        elif upper_open[c]:
-            below[:, c] = n - (counts - under)
-        inside = np.where(np.isposinf(hi[:, c]), counts,
-                          _row_counts(np.less_equal(gathered, hi[:, c:c + 1]))) - under
-        k = first[:, c] - below[:, c]
-        valid &= (k >= 0) & (k + width <= inside)
-        pos = np.clip(under + k, 0, gathered.shape[1] - width)[:, None] + offsets
-        out[:, c] = np.take_along_axis(gathered, pos, axis=1)
-    redo = np.flatnonzero(~valid)
-    if redo.size:
-        ranks = (first[redo][:, :, None] + offsets).reshape(redo.size, -1)
-        out[redo] = np.take_along_axis(np.sort(a[redo], axis=1), ranks,
-                                       axis=1).reshape(redo.size, targets, width)
-    return out
-
-
 # --------------------------------------------------------------------------- means
 
 
 #: Result columns of :func:`mean_difference_bootstrap`; with ``fold_change_base`` followed by
 #: :data:`FOLD_CHANGE_FIELDS`.
-FIELDS = ("effect", "ci_low", "ci_high")
+FIELDS = ("effect", "ci_low", "ci_high", "n_boot")
 FOLD_CHANGE_FIELDS = ("fold_change", "fc_ci_low", "fc_ci_high")
 FOLD_CHANGE_BASES = (2, 10, "e")
 #: Memory for one row tile of replicate statistics (and their temporaries) in one task.
@@ -697,10 +397,13 @@ def mean_difference_bootstrap(x, case, control, units: ResampleUnits | None = No
     data) with its own interval on the replicate fold changes (studentized: se of the fold
     change by the delta method, |ln base| fc se).
 
-    All replicate group sums are one matrix product per group on the exact grid of
-    ``engine.resample.exact``, so every value is the same bits for any gene chunking, row tile
-    (``memory_budget`` bounds one tile's replicate arrays) or BLAS; BCa's jackknife is closed
-    form ((S - S_u) / (N - N_u) per left-out unit, within each stratum). Missing values (any
+    Replicate group sums are matrix products on the exact grid of ``engine.resample.exact``
+    (one product for all groups when every replicate has the same group sizes; see the module
+    docstring), so every value is the same bits for any gene chunking, row tile
+    (``memory_budget`` bounds one tile's replicate arrays; tiles are also kept near 8 MB per
+    array for the cache) or BLAS; BCa's jackknife is closed form ((S - S_u) / (N - N_u) per
+    left-out unit, within each stratum). The replicates' weights (samples x replicates float64)
+    are held once per call on top of the budget. Missing values (any
     non-finite value; a pair with either side missing) are left out through a mask: a group's
     replicate mean is over its present values, and a replicate (or jackknife value) with no
     present value in a group is NaN, which makes the gene's interval NaN.
@@ -753,7 +456,8 @@ def _mean_difference(x, design: _MeanDesign, group_weights, *, method, level,
     if combined is not None and complete.all():
         group_weights.clear()  # not needed: free them (the list is the caller's temporary)
     buffers = _Buffers(step, replicates, len(design.groups), studentized,
-                       masked=not complete.all(), combined=combined is not None)
+                       masked=not complete.all(), combined=combined is not None,
+                       fold_change=fold_change_base is not None)
     for rows, whole in ((np.flatnonzero(complete), True), (np.flatnonzero(~complete), False)):
         for start in range(0, rows.size, step):
             tile = rows[start:start + step]
@@ -763,7 +467,8 @@ def _mean_difference(x, design: _MeanDesign, group_weights, *, method, level,
                 stats = _replicate_means(y[tile], design, group_weights, h, studentized,
                                          buffers)
             out[tile] = _intervals(stats, method=method, level=level,
-                                   fold_change_base=fold_change_base)
+                                   fold_change_base=fold_change_base,
+                                   fc_buffer=buffers.fold_change)
     return out
 
 
@@ -857,7 +562,8 @@ class _Buffers:
     """(rows, B) arrays reused by every tile of a call: allocating ~8 MB per tile and array
     costs page faults that take as long as the arithmetic."""
 
-    def __init__(self, rows, replicates, n_groups, studentized, masked, combined):
+    def __init__(self, rows, replicates, n_groups, studentized, masked, combined,
+                 fold_change=False):
         def new():
             return np.empty((rows, replicates))
 
@@ -868,6 +574,7 @@ class _Buffers:
         self.counts = [new() for _ in range(n_groups)] if masked else None
         self.t = new() if studentized else None
         self.var = new() if studentized else None
+        self.fold_change = new() if fold_change else None
 
 
 @dataclass
@@ -976,30 +683,33 @@ def _variance(s, parts, n, h, out=None):
         return raw
 
 
-_FOLD_CHANGE = {2: np.exp2, 10: lambda e: np.power(10.0, e), "e": np.exp}
+_FOLD_CHANGE = {2: np.exp2, 10: lambda e, out=None: np.power(10.0, e, out=out), "e": np.exp}
 _LOG_BASE = {2: math.log(2), 10: math.log(10), "e": 1.0}
 
 
-def _intervals(stats: _ReplicateStats, *, method, level, fold_change_base) -> np.ndarray:
-    low, high = confidence_interval(stats.replicates, stats.observed, method=method, level=level,
-                                    jackknife=stats.jackknife, standard_error=stats.se,
-                                    t_replicates=stats.t)
-    columns = [stats.observed, low, high]
+def _intervals(stats: _ReplicateStats, *, method, level, fold_change_base,
+               fc_buffer=None) -> np.ndarray:
+    """The result columns from the replicate statistics: undefined replicates (a group left
+    empty) are left out per gene and counted (``engine.resample.intervals.replicate_interval``)."""
+    studentized = method == "studentized"
+    se = {"theta_se": stats.se_replicates, "observed_se": stats.se} if studentized else {}
+    ci = replicate_interval(stats.replicates, stats.observed, method=method, level=level,
+                            jackknife=stats.jackknife, **se)
+    columns = [stats.observed, ci[:, 0], ci[:, 1], ci[:, 2]]
     if fold_change_base is not None:
         power = _FOLD_CHANGE[fold_change_base]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             fc = power(stats.observed)
-            fc_rep = power(stats.replicates)
-            t = se = None
-            if method == "studentized":
+            fc_rep = power(stats.replicates, out=None if fc_buffer is None
+                           else fc_buffer[:stats.replicates.shape[0]])
+            if studentized:  # the delta method: se(b ** e) = |ln b| b ** e se(e)
                 ln = _LOG_BASE[fold_change_base]
-                se = ln * fc * stats.se
-                t = (fc_rep - fc[:, None]) / (ln * fc_rep * stats.se_replicates)
-            fc_low, fc_high = confidence_interval(
-                fc_rep, fc, method=method, level=level,
-                jackknife=[power(j) for j in stats.jackknife], standard_error=se,
-                t_replicates=t)
-        columns += [fc, fc_low, fc_high]
+                se = {"theta_se": ln * fc_rep * stats.se_replicates,
+                      "observed_se": ln * fc * stats.se}
+            jackknife = None if stats.jackknife is None else [power(j) for j in stats.jackknife]
+            fc_ci = replicate_interval(fc_rep, fc, method=method, level=level,
+                                       jackknife=jackknife, **se)
+        columns += [fc, fc_ci[:, 0], fc_ci[:, 1]]
     return np.stack(columns, axis=1)
 
 

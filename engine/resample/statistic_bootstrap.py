@@ -55,12 +55,12 @@ from engine.resample.bootstrap import (
     WEIGHT_KINDS,
     ResampleUnits,
     check_bootstrap_options,
-    confidence_interval,
     replicate_blocks,
     replicate_indices,
     resample_units,
     sample_indices,
 )
+from engine.resample.intervals import BOOT_FIELDS, replicate_interval
 from engine.resample.rng import analysis_key
 from engine.stats.features import MISSING_LABELS
 
@@ -89,8 +89,6 @@ __all__ = [
 ]
 
 #: Columns of ``bootstrap_statistic``'s output, in order.
-BOOT_FIELDS = ("ci_low", "ci_high", "n_boot")
-_MIN_DEFINED = 2
 
 
 @dataclass(frozen=True)
@@ -224,79 +222,6 @@ def jackknife_statistics(x, statistic: Callable, units: ResampleUnits) -> list[n
 
 
 # --------------------------------------------------------------------------- intervals
-
-
-def replicate_interval(theta: np.ndarray, observed: np.ndarray, *, method: str, level: float,
-                       jackknife: list[np.ndarray] | None = None,
-                       theta_se: np.ndarray | None = None,
-                       observed_se: np.ndarray | None = None) -> np.ndarray:
-    """(rows, 3) ``BOOT_FIELDS`` from replicate statistics ``theta`` (rows, B) and the
-    ``observed`` statistic (rows,), undefined replicates left out per row (module docstring).
-
-    ``jackknife`` (BCa): leave-one-unit-out values per stratum; ``theta_se``, ``observed_se``
-    (studentized): the standard errors of the replicates and of the observed statistic. Rows
-    with the same number of defined replicates (and pattern of defined jackknife values) go to
-    ``confidence_interval`` together, their defined replicates first, in replicate order.
-    """
-    theta = np.asarray(theta, dtype=np.float64)
-    observed = np.asarray(observed, dtype=np.float64)
-    studentized = method == "studentized"
-    defined = np.isfinite(theta)
-    t = None
-    if studentized:
-        if theta_se is None or observed_se is None:
-            raise ValueError("studentized intervals need theta_se and observed_se")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            t = (theta - observed[:, None]) / theta_se
-        defined &= np.isfinite(t) & (theta_se > 0)
-        t = t if defined.all() else _compact(defined, t)
-    n_boot = defined.sum(axis=1)
-    out = np.full((theta.shape[0], len(BOOT_FIELDS)), np.nan)
-    out[:, 2] = n_boot
-    ok = (n_boot >= _MIN_DEFINED) & np.isfinite(observed)
-    if studentized:
-        ok &= np.isfinite(observed_se) & (observed_se > 0)
-    if method == "bca":
-        jackknife = [np.asarray(v, dtype=np.float64) for v in jackknife]
-        ok &= np.any([np.isfinite(v).any(axis=1) for v in jackknife], axis=0)
-    if not defined.all():
-        theta = _compact(defined, theta)
-    for count in np.unique(n_boot[ok]):
-        rows = np.flatnonzero(ok & (n_boot == count))
-        groups = (_by_jackknife_pattern(rows, [v[rows] for v in jackknife])
-                  if method == "bca" else [(rows, None)])
-        for group, jk in groups:
-            extra = {} if jk is None else {"jackknife": jk}
-            if studentized:
-                extra |= {"standard_error": observed_se[group], "t_replicates": t[group, :count]}
-            low, high = confidence_interval(theta[group, :count], observed[group],
-                                            method=method, level=level, **extra)
-            out[group, 0] = low
-            out[group, 1] = high
-    return out
-
-
-def _compact(defined: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per row, the defined values first (in replicate order), the others after them."""
-    return np.take_along_axis(values, np.argsort(~defined, axis=1, kind="stable"), axis=1)
-
-
-def _by_jackknife_pattern(rows: np.ndarray, jackknife: list[np.ndarray]):
-    """``rows`` grouped by their pattern of defined jackknife values (``jackknife`` restricted
-    to ``rows``): each group with its jackknife arrays cut to the defined values (a stratum
-    with none left out)."""
-    defined = np.concatenate([np.isfinite(v) for v in jackknife], axis=1)
-    if defined.all():
-        yield rows, jackknife
-        return
-    bounds = np.cumsum([0] + [v.shape[1] for v in jackknife])
-    patterns, which = np.unique(defined, axis=0, return_inverse=True)
-    which = which.ravel()
-    for k, pattern in enumerate(patterns):
-        at = np.flatnonzero(which == k)
-        kept = [v[at][:, pattern[lo:hi]] for v, lo, hi in zip(jackknife, bounds[:-1], bounds[1:])
-                if pattern[lo:hi].any()]
-        yield rows[at], kept
 
 
 # --------------------------------------------------------------------------- the kernel

@@ -150,7 +150,7 @@ def two_group_test(ds: xr.Dataset, *, test: str, group: str, case, control,
                           attrs=attrs)
 
 
-COLUMN_ORDER = ("effect", "fold_change", "ci_low", "ci_high", "fc_ci_low", "fc_ci_high",
+COLUMN_ORDER = ("effect", "fold_change", "ci_low", "ci_high", "fc_ci_low", "fc_ci_high", "n_boot",
                 "statistic", "df", "p_value", "p_adj", "p_perm", "p_perm_floor", "p_maxT",
                 "n_permutations", "n_case", "n_control")
 FOLD_CHANGE = {2: np.exp2, 10: lambda e: 10.0 ** e, "e": np.exp}
@@ -161,7 +161,9 @@ def bootstrap_descriptions(info: dict) -> dict:
     return {"ci_low": f"lower end of the {how} of effect",
             "ci_high": f"upper end of the {how} of effect",
             "fc_ci_low": f"lower end of the {how} of fold_change",
-            "fc_ci_high": f"upper end of the {how} of fold_change"}
+            "fc_ci_high": f"upper end of the {how} of fold_change",
+            "n_boot": "replicates the interval is over: those with a value in both groups "
+                      "(a replicate that leaves a group without values is left out)"}
 
 
 def _bootstrap(ds, feats, design: TwoGroupDesign, *, test, group, pair_by, bootstrap,
@@ -192,7 +194,9 @@ def _bootstrap(ds, feats, design: TwoGroupDesign, *, test, group, pair_by, boots
         method=bootstrap.method, level=bootstrap.level, seed=seed,
         key=analysis_key(name, "bootstrap"), kind=bootstrap.weights,
         fold_change_base=fold_change_base, paired=paired, name=f"bootstrap-{name}")
-    columns = {f: stacked[:, i] for i, f in enumerate(fields) if f.startswith(("ci_", "fc_ci"))}
+    columns = {f: stacked[:, i] for i, f in enumerate(fields)
+               if f not in ("effect", "fold_change")}  # the test's own columns are kept
+    columns["n_boot"] = columns["n_boot"].astype(np.int64)
     info = {"method": bootstrap.method, "replicates": bootstrap.replicates,
             "level": bootstrap.level, "by": bootstrap.by,
             "strata": bootstrap.strata, "weights": bootstrap.weights,
