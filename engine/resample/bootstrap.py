@@ -461,14 +461,15 @@ def _mean_difference(x, design: _MeanDesign, group_weights, *, method, level,
     for rows, whole in ((np.flatnonzero(complete), True), (np.flatnonzero(~complete), False)):
         for start in range(0, rows.size, step):
             tile = rows[start:start + step]
-            if whole and combined is not None:
+            complete = whole and combined is not None
+            if complete:  # every replicate has values in both groups: all defined
                 stats = _combined_means(y[tile], design, combined, buffers)
             else:
                 stats = _replicate_means(y[tile], design, group_weights, h, studentized,
                                          buffers)
             out[tile] = _intervals(stats, method=method, level=level,
                                    fold_change_base=fold_change_base,
-                                   fc_buffer=buffers.fold_change)
+                                   fc_buffer=buffers.fold_change, complete=complete)
     return out
 
 
@@ -688,13 +689,20 @@ _LOG_BASE = {2: math.log(2), 10: math.log(10), "e": 1.0}
 
 
 def _intervals(stats: _ReplicateStats, *, method, level, fold_change_base,
-               fc_buffer=None) -> np.ndarray:
+               fc_buffer=None, complete: bool = False) -> np.ndarray:
     """The result columns from the replicate statistics: undefined replicates (a group left
-    empty) are left out per gene and counted (``engine.resample.intervals.replicate_interval``)."""
+    empty) are left out per gene and counted (``engine.resample.intervals.replicate_interval``).
+    ``complete``: every replicate is known to be defined (the fast path), so the intervals are
+    computed directly, without the per-row bookkeeping of undefined replicates."""
     studentized = method == "studentized"
     se = {"theta_se": stats.se_replicates, "observed_se": stats.se} if studentized else {}
-    ci = replicate_interval(stats.replicates, stats.observed, method=method, level=level,
-                            jackknife=stats.jackknife, **se)
+    if complete and not studentized:
+        low, high = confidence_interval(stats.replicates, stats.observed, method=method,
+                                        level=level, jackknife=stats.jackknife)
+        ci = np.stack([low, high, np.full(low.shape, stats.replicates.shape[1])], axis=1)
+    else:
+        ci = replicate_interval(stats.replicates, stats.observed, method=method, level=level,
+                                jackknife=stats.jackknife, **se)
     columns = [stats.observed, ci[:, 0], ci[:, 1], ci[:, 2]]
     if fold_change_base is not None:
         power = _FOLD_CHANGE[fold_change_base]
