@@ -21,6 +21,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 DATA = Path(__file__).parent / "data"
 
 
+def write_job(tmp_path: Path, store, analyses: str, extra: str = "", seed: int = 7) -> Path:
+    """A job file in ``tmp_path`` on ``store`` with the (indented YAML) ``analyses``."""
+    import textwrap
+
+    path = tmp_path / "job.yaml"
+    path.write_text(f"cohort: {store}\noutput: out\nseed: {seed}\n{extra}analyses:\n"
+                    + textwrap.dedent(analyses))
+    return path
+
+
+def read_table(out: Path, name: str) -> pd.DataFrame:
+    """A result table as written (``NA`` = missing; other text such as "NaN" stays text)."""
+    return pd.read_csv(out / f"{name}.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
+
+
 def write_cohort_files(directory: Path, n_genes: int = 40, n_per_group: int = 4, seed: int = 0,
                        sep: str = "\t", suffix: str = ".tsv") -> dict[str, Path]:
     """A small two-group cohort with a pairing, ties and a few NaN: matrix, sheet, gene table."""

@@ -5,8 +5,6 @@ test_ora; here each job output is compared with the same computation done by han
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,6 +17,7 @@ from engine.jobs import load_job, plan_job, run_job
 from engine.stats.gsea import gsea_preranked
 from engine.jobs.set_planners import analysis_key
 from engine.stats.scores import single_sample_scores
+from conftest import read_table, write_job
 from engine.store import open_cohort
 
 WELCH = """
@@ -34,17 +33,6 @@ WELCH = """
 def client():
     with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
         yield c
-
-
-def write_job(tmp_path, store, analyses: str, extra: str = ""):
-    path = tmp_path / "job.yaml"
-    path.write_text(f"cohort: {store}\noutput: out\nseed: 7\n{extra}analyses:\n"
-                    + textwrap.dedent(analyses))
-    return path
-
-
-def read(out, name):
-    return pd.read_csv(out / f"{name}.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +76,9 @@ def run(all_store, client, tmp_path_factory):
 def test_score_tables_are_sets_by_samples(run, all_store):
     job, out = run
     cohort = open_cohort(all_store)
-    table = read(out, "ss")
+    table = read_table(out, "ss")
     assert list(table.columns) == ["gene_set", *cohort["sample"].values.astype(str)]
-    sizes = read(out, "ss_sizes")
+    sizes = read_table(out, "ss_sizes")
     assert list(sizes["gene_set"]) == [s.name for s in load_gene_sets(job.analyses[1].gene_sets)]
     assert not (out / "ss.gene_set.tsv").exists()
     membership = map_gene_sets(load_gene_sets(job.analyses[1].gene_sets),
@@ -104,7 +92,8 @@ def test_score_tables_are_sets_by_samples(run, all_store):
 def test_delta_scores_subtract_the_control_mean(run, all_store):
     _, out = run
     neg = open_cohort(all_store)["mol.biol"].values.astype(str) == "NEG"
-    scores, delta = read(out, "ss").iloc[:, 1:].to_numpy(), read(out, "ss_delta").iloc[:, 1:]
+    scores = read_table(out, "ss").iloc[:, 1:].to_numpy()
+    delta = read_table(out, "ss_delta").iloc[:, 1:]
     expected = scores - scores[:, neg].mean(axis=1, keepdims=True)
     np.testing.assert_allclose(delta.to_numpy(), expected, rtol=0, atol=1e-15)
 
@@ -112,8 +101,8 @@ def test_delta_scores_subtract_the_control_mean(run, all_store):
 def test_score_matrix_is_a_variable_for_later_tests(run, all_store):
     _, out = run
     groups = open_cohort(all_store)["mol.biol"].values.astype(str)
-    scores = read(out, "ss").set_index("gene_set")
-    result = read(out, "ss_welch").set_index("gene_set").loc[scores.index]
+    scores = read_table(out, "ss").set_index("gene_set")
+    result = read_table(out, "ss_welch").set_index("gene_set").loc[scores.index]
     case, control = scores.loc[:, groups == "BCR/ABL"], scores.loc[:, groups == "NEG"]
     t, p = scipy.stats.ttest_ind(case, control, axis=1, equal_var=False)
     np.testing.assert_allclose(result["statistic"], t, rtol=1e-9)
@@ -123,7 +112,7 @@ def test_score_matrix_is_a_variable_for_later_tests(run, all_store):
 def test_preranked_uses_the_earlier_analysis_statistic(run, all_store):
     job, out = run
     cohort = open_cohort(all_store)
-    welch = read(out, "welch").set_index("gene").loc[cohort["gene"].values.astype(str)]
+    welch = read_table(out, "welch").set_index("gene").loc[cohort["gene"].values.astype(str)]
     membership = map_gene_sets(load_gene_sets(job.analyses[4].gene_sets),
                                cohort["gene"].values.astype(str),
                                symbols=cohort["symbol"].values.astype(str), match="symbol")
@@ -136,7 +125,7 @@ def test_preranked_uses_the_earlier_analysis_statistic(run, all_store):
     statistic[np.setdiff1d(np.arange(statistic.size), keep)] = np.nan
     direct = gsea_preranked(statistic, membership.index_lists(),
                             permutations=500, seed=7, key=analysis_key("pre"), multilevel=False)
-    table = read(out, "pre").set_index("gene_set").loc[membership.names]
+    table = read_table(out, "pre").set_index("gene_set").loc[membership.names]
     assert (table["size"] < membership.matrix.sum(axis=1).A1).any()  # duplicates were dropped
     for column in ("size", "es", "nes", "p_value"):
         np.testing.assert_array_equal(table[column], direct[column])
@@ -145,13 +134,13 @@ def test_preranked_uses_the_earlier_analysis_statistic(run, all_store):
 def test_ora_selects_genes_from_the_earlier_analysis(run, all_store):
     job, out = run
     cohort = open_cohort(all_store)
-    welch = read(out, "welch").set_index("gene").loc[cohort["gene"].values.astype(str)]
+    welch = read_table(out, "welch").set_index("gene").loc[cohort["gene"].values.astype(str)]
     selected = ((welch["p_adj"] < 0.05) & (welch["effect"] > 0)).to_numpy()
     universe = np.isfinite(welch["p_value"]).to_numpy()
     membership = map_gene_sets(load_gene_sets(job.analyses[5].gene_sets),
                                cohort["gene"].values.astype(str),
                                symbols=cohort["symbol"].values.astype(str), match="symbol")
-    table = read(out, "ora").set_index("gene_set")
+    table = read_table(out, "ora").set_index("gene_set")
     for i, name in enumerate(membership.names):
         members = np.zeros(len(selected), bool)
         members[membership.members(i)] = True

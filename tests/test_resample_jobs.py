@@ -5,8 +5,6 @@ called by hand on the same data, seed and stream."""
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +16,7 @@ from engine.jobs import load_job, plan_job, run_job
 from engine.resample.bootstrap import mean_difference_bootstrap, resample_units
 from engine.resample.permutation import permutation_test
 from engine.resample.rng import analysis_key
+from conftest import read_table, write_job
 from engine.store import ingest, open_cohort
 
 
@@ -48,17 +47,6 @@ def store(tmp_path_factory):
     return ingest(tmp / "m.tsv", tmp / "s.tsv", tmp / "c.zarr", chunk_genes=16)
 
 
-def write_job(tmp_path, store, analyses: str):
-    path = tmp_path / "job.yaml"
-    path.write_text(f"cohort: {store}\noutput: out\nseed: 5\nanalyses:\n"
-                    + textwrap.dedent(analyses))
-    return path
-
-
-def read(out, name):
-    return pd.read_csv(out / f"{name}.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
-
-
 JOB = """
   - name: boot
     test: welch
@@ -82,12 +70,13 @@ JOB = """
 @pytest.fixture(scope="module")
 def run(store, client, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("job")
-    job = load_job(write_job(tmp, store, JOB.replace("SETS", str(store.parent / "sets.gmt"))))
+    job = load_job(write_job(tmp, store, JOB.replace("SETS", str(store.parent / "sets.gmt")),
+                             seed=5))
     return run_job(job, client)
 
 
 def test_two_group_columns_equal_the_kernels_on_the_same_stream(run, store):
-    table = read(run, "boot").set_index("gene").sort_index()
+    table = read_table(run, "boot").set_index("gene").sort_index()
     assert list(table.columns[:8]) == ["effect", "fold_change", "ci_low", "ci_high", "fc_ci_low",
                                        "fc_ci_high", "n_boot", "statistic"]
     x = np.asarray(open_cohort(store)["expression"].values)
@@ -115,7 +104,7 @@ def test_two_group_columns_equal_the_kernels_on_the_same_stream(run, store):
 
 
 def test_consensus_tables_and_labels(run):
-    main = read(run, "classes")
+    main = read_table(run, "classes")
     assert list(main.columns) == ["sample", "consensus_class", "label", "signature_score",
                                   "item_consensus"]
     # the three simulated groups are the three classes, labelled by their mean marker z-score
@@ -123,10 +112,10 @@ def test_consensus_tables_and_labels(run):
     assert (labels.iloc[:10] == "MARKERS High").all()
     assert (labels.iloc[10:20] == "MARKERS Medium").all()
     assert (labels.iloc[20:] == "MARKERS Low").all()
-    areas = read(run, "classes.k")
+    areas = read_table(run, "classes.k")
     assert list(areas["k"]) == [2, 3, 4] and np.isclose(areas["consensus_area"].iloc[0],
                                                          areas["consensus_delta"].iloc[0])
-    per_k = read(run, "classes.k_sample")
+    per_k = read_table(run, "classes.k_sample")
     assert len(per_k) == 3 * 30
     assert not (run / "classes.consensus.tsv").exists()  # the matrices: results.zarr only
     stored = xr.open_zarr(run / "results.zarr", group="classes")
@@ -135,13 +124,14 @@ def test_consensus_tables_and_labels(run):
 
 
 def test_planning_computes_nothing(store, tmp_path, no_compute):
-    job = load_job(write_job(tmp_path, store, JOB.replace("SETS", str(store.parent / "sets.gmt"))
-                             + """
+    rho = """
   - name: rho
     test: spearman
     covariate: score
     bootstrap: {replicates: 200}
-"""))
+"""
+    analyses = JOB.replace("SETS", str(store.parent / "sets.gmt")) + rho
+    job = load_job(write_job(tmp_path, store, analyses, seed=5))
     with no_compute():
         planned = plan_job(job)
     assert {"ci_low", "ci_high", "n_boot", "ci_low_fisher"} <= set(planned["rho"].data_vars)
@@ -163,7 +153,7 @@ def test_planning_computes_nothing(store, tmp_path, no_compute):
 ])
 def test_spec_errors(store, tmp_path, analysis, message):
     with pytest.raises(InputError, match=message):
-        load_job(write_job(tmp_path, store, f"  - {analysis}\n"))
+        load_job(write_job(tmp_path, store, f"  - {analysis}\n", seed=5))
 
 
 @pytest.mark.parametrize("analysis, message", [
@@ -175,5 +165,5 @@ def test_spec_errors(store, tmp_path, analysis, message):
 ])
 def test_planning_errors_name_the_analysis(store, tmp_path, analysis, message):
     with pytest.raises(InputError, match=message) as err:
-        plan_job(load_job(write_job(tmp_path, store, f"  - {analysis}\n")))
+        plan_job(load_job(write_job(tmp_path, store, f"  - {analysis}\n", seed=5)))
     assert "analysis 'a'" in str(err.value)
