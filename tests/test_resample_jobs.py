@@ -29,12 +29,13 @@ def client():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """60 genes x 30 samples in three groups of 10; genes 0-11 separate the groups (a high, a
-    middle and a low class), the rest are noise; patients P0..P14 with two samples each."""
+    middle and a low class), the rest are noise (G59 has a missing value); patients P0..P14 with two samples each."""
     tmp = tmp_path_factory.mktemp("resample")
     rng = np.random.default_rng(5)
     x = rng.normal(8.0, 1.0, (60, 30))
     x[:12, :10] += 3.0
     x[:12, 10:20] += 1.5
+    x[59, 0] = np.nan
     genes = [f"G{i:02d}" for i in range(60)]
     samples = [f"S{i:02d}" for i in range(30)]
     pd.DataFrame(x, index=pd.Index(genes, name="gene"), columns=samples).to_csv(
@@ -167,3 +168,12 @@ def test_planning_errors_name_the_analysis(store, tmp_path, analysis, message):
     with pytest.raises(InputError, match=message) as err:
         plan_job(load_job(write_job(tmp_path, store, f"  - {analysis}\n", seed=5)))
     assert "analysis 'a'" in str(err.value)
+
+
+def test_consensus_on_a_gene_with_missing_values_is_one_clear_error(store, client, tmp_path):
+    job = load_job(write_job(tmp_path, store, """
+  - {name: c, test: consensus_cluster, genes: [G00, G01, G59], k_max: 3, resamples: 20}
+"""))
+    with pytest.raises(InputError, match=r"complete data.*genes G59.*drop them"):
+        run_job(job, client)
+    assert not (tmp_path / "out").exists()  # nothing half-written

@@ -233,16 +233,18 @@ def resample_draws(n_samples: int, n_features: int, *, block: int, seed: int, ke
 # --------------------------------------------------------------------------- distances
 
 
-def _finite(x: np.ndarray) -> np.ndarray:
+def _finite(x: np.ndarray, genes=None) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise InputError(f"consensus clustering needs a (genes x samples) matrix, got shape "
                          f"{x.shape}")
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if bad.size:
+        named = (f"genes {preview([str(genes[i]) for i in bad])}" if genes is not None
+                 else f"rows {preview(bad.tolist())}")
         raise InputError(f"consensus clustering needs complete data: {bad.size} gene row(s) "
-                         f"have missing or infinite values (rows {preview(bad.tolist())}); "
-                         "drop or impute them")
+                         f"have missing or infinite values ({named}); drop them from the genes "
+                         "clustered on or impute them")
     return x
 
 
@@ -265,12 +267,13 @@ def _distances(x: np.ndarray, distance: str) -> np.ndarray:
     return pdist(x.T, _PDIST[distance])
 
 
-def _prepare(x, *, center: str, distance: str, algorithm: str, p_feature: float) -> dict:
+def _prepare(x, *, center: str, distance: str, algorithm: str, p_feature: float,
+             genes=None) -> dict:
     """The data every block uses: the (centred) float64 matrix and, when every resample uses all
     genes and hierarchical clustering, the square distance matrix of all samples."""
     if center not in CENTERING:
         raise InputError(f"unknown centering {center!r} (choose one of {', '.join(CENTERING)})")
-    x = _finite(x)
+    x = _finite(x, genes)
     if center == "median":
         x = x - np.median(x, axis=1, keepdims=True)
     elif center == "mean":
@@ -858,7 +861,11 @@ def consensus_cluster(x, *, seed: int, key: int, resamples: int = 1000, k_max: i
                              f"{x.dims}")
         if samples is None and "sample" in x.coords:
             samples = np.asarray(x["sample"].values).astype(str).astype(object)
+        row_dim = x.dims[0]
+        genes = np.asarray(x[row_dim].values).astype(str) if row_dim in x.coords else None
         x = x.data
+    else:
+        genes = None
     if not isinstance(x, da.Array):
         x = da.from_array(np.asarray(x), chunks=-1)
     n_features, n = x.shape
@@ -878,7 +885,7 @@ def consensus_cluster(x, *, seed: int, key: int, resamples: int = 1000, k_max: i
     block = x.rechunk((-1, -1)).to_delayed().ravel()[0]
     prepared = dask.delayed(_prepare, pure=True)(
         block, center=center, distance=opts["distance"], algorithm=opts["algorithm"],
-        p_feature=opts["p_feature"])
+        p_feature=opts["p_feature"], genes=genes)
     n_blocks = math.ceil(opts["resamples"] / RESAMPLE_BLOCK)
     per_task = _task_blocks(n_blocks, opts["m"], blocks_per_task)
     task = dask.delayed(_counts_task, pure=True)
