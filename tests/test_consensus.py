@@ -16,6 +16,7 @@ from scipy import stats
 
 from engine.errors import InputError
 from engine.resample import consensus as cc
+from engine.resample import rclust
 from engine.resample.rng import analysis_key
 
 FIXTURES = Path(__file__).parent / "data" / "r_reference" / "consensus"
@@ -101,10 +102,10 @@ def test_hclust_and_cutree_match_r(hclust_cases, case, method):
     """R's merge order, ties included (the tied case has dissimilarities 1..4 only), and
     cutree's numbering at every k."""
     d, r_height, r_cut = hclust_cases[case, method]
-    first, second, height = cc.hclust(d, method)
+    first, second, height = rclust.hclust(d, method)
     # the same Lance-Williams arithmetic in the same order: equal heights (1e-12 for safety)
     np.testing.assert_allclose(height, r_height, rtol=1e-12, atol=0)
-    np.testing.assert_array_equal(cc.cutree(first, second, range(1, d.shape[0] + 1)), r_cut)
+    np.testing.assert_array_equal(rclust.cutree(first, second, range(1, d.shape[0] + 1)), r_cut)
 
 
 @pytest.mark.parametrize("method", HCLUST_METHODS)
@@ -132,7 +133,7 @@ def test_hartigan_wong_matches_r_kmeans(expression):
     for row, text in enumerate(cases["starts"]):
         start = [int(v) - 1 for v in text.split()]
         starts[row, :len(start)] = start
-    labels = cc._hartigan_wong(np.ascontiguousarray(x.T[samples]), starts,
+    labels = rclust.hartigan_wong(np.ascontiguousarray(x.T[samples]), starts,
                                cases["k"].to_numpy()) + 1
     expected = np.array([[int(v) for v in s.split()] for s in cases["cluster"]])
     np.testing.assert_array_equal(labels, expected)
