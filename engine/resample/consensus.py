@@ -89,8 +89,7 @@ from scipy.spatial.distance import pdist, squareform
 from scipy.stats import rankdata
 
 from engine.errors import InputError, preview
-from engine.resample.rclust import (HCLUST_METHODS, KMEANS_MAX_ITER, cutree, hartigan_wong,
-                                    hclust, kmeans_starts)
+from engine.resample.rclust import HCLUST_METHODS, cutree, hartigan_wong, hclust, kmeans_starts
 from engine.resample.rng import block_rng
 
 try:  # scipy's C kernel behind hierarchy.cophenet, without its per-call validation (7x faster)
