@@ -30,6 +30,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import dask
@@ -120,6 +121,7 @@ def main() -> None:
     counts = {}
     for case in cases:
         rows[case].append(best(lambda: counts.__setitem__(case, kernels(*case)), args.repeats))
+    warnings.filterwarnings("ignore", message="Port 8787 is already in use")
     with dask_client(workers=2, quiet=True) as client:
         procs = len(client.scheduler_info(n_workers=-1)["workers"])
         lazy(16, "average", cc.RESAMPLE_BLOCK)  # warm-up: imports on the workers
@@ -148,7 +150,7 @@ def main() -> None:
             p = (ours[off] + r_c3[off]) / 2
             se = np.sqrt(p * (1 - p) * 2 / pairs[off])
             z = np.where(diff > 0, diff / np.where(se > 0, se, np.inf), 0.0)
-            checks[case] = (diff.max(), diff.mean(), z.max())
+            checks[case] = (diff.max(), diff.mean(), z.max(), diff.size // 2)
     load_after = os.getloadavg()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -157,12 +159,13 @@ def main() -> None:
     print(versions)
     print(f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
           f"(a shared machine: timings are noisy)")
-    print(f"data: 20 genes x 16 / 200 samples, 3 groups, {resamples} resamples, k_max {k_max}, "
-          f"pItem 0.8, pFeature 1, pearson, final linkage average, best of {args.repeats}")
-    print(f"(a) threads: consensus_cluster on Dask's threaded scheduler; (b) kernels: "
-          f"consensus_counts x {-(-resamples // cc.RESAMPLE_BLOCK)} blocks + consensus_result")
-    print(f"(c) LocalCluster: {procs} worker processes; (R) ConsensusClusterPlus call only "
-          "(excludes R start-up, library load, reading)")
+    print(f"data: 20 genes x 16 / 200 samples, 3 groups, {resamples} resamples, k_max {k_max},"
+          f" pItem 0.8,\n      pFeature 1, pearson, final linkage average, best of {args.repeats}")
+    print("(a) threads: consensus_cluster on Dask's threaded scheduler")
+    print(f"(b) kernels: consensus_counts x {-(-resamples // cc.RESAMPLE_BLOCK)} blocks + "
+          "consensus_result, one thread")
+    print(f"(c) LocalCluster: {procs} worker processes (start-up excluded)")
+    print("(R) the ConsensusClusterPlus call only (excludes R start-up, library load, reading)")
     print(f"{'samples':>7} {'inner':>8} | {'(a) thr':>8} {'(b) kern':>8} {'(c) 2proc':>9} "
           f"{'(R) CCP':>8} | {'R/(a)':>6} {'R/(b)':>6} {'R/(c)':>6}")
     for case in cases:
@@ -170,11 +173,12 @@ def main() -> None:
         print(f"{case[0]:>7} {case[1]:>8} | {a:8.2f} {b:8.2f} {c:9.2f} {r:8.2f} | "
               f"{r / a:6.1f} {r / b:6.1f} {r / c:6.1f}")
     print("bit-identical (a) = (b) = (c): yes (counts, consensus; asserted)")
-    print("k = 3 consensus, engine vs R (off-diagonal pairs; z = |diff| / binomial s.e.):")
+    print("k = 3 consensus, engine vs R (pairs i < j; z = |diff| / binomial s.e. of the "
+          "difference):")
     for case in cases:
-        mx, mean, z = checks[case]
+        mx, mean, z, n_pairs = checks[case]
         print(f"  {case[0]:>3} samples, {case[1]:>8}: max |diff| {mx:.4f}, mean |diff| "
-              f"{mean:.4f}, max z {z:.2f}")
+              f"{mean:.4f}, max z {z:.2f} over {n_pairs} pairs")
 
 
 if __name__ == "__main__":

@@ -32,12 +32,29 @@ Conventions (reference: R ``survival::coxph``; statsmodels ``PHReg``):
   information matrix that is singular (a feature collinear with the covariates: R drops the
   aliased covariate and reports the feature) gives NaN as well, p_logrank included for the
   singular case.
+* Bootstrap (``cox(..., bootstrap=...)``, ``engine.resample.statistic_bootstrap``): ci_low /
+  ci_high become the bootstrap interval of the hazard ratio, computed on the hazard-ratio scale
+  from the replicates' hazard ratios, and the Wald interval moves to ci_low_wald /
+  ci_high_wald. The resampling unit is a sample with its (time, event, covariates, feature
+  values), or a cluster of ``by``; by default within event status (``strata: true``: events
+  and censored samples are resampled separately, so every replicate keeps the number of
+  events, as logistic keeps its outcome classes). Each replicate refits every feature with
+  the analysis' ties method (``bootstrap_hazard_ratio``); with ``split`` the feature's
+  threshold is recomputed on the replicate's samples (the data-dependent cut is part of the
+  estimator, as logistic's median split; a threshold fixed on the full data would ignore its
+  variability and understate the interval), and a covariate constant in a replicate is left
+  out of that replicate's model (as ``cox`` leaves it out of a stratum). Replicates whose fit
+  does not converge to a finite estimate (monotone likelihood, e.g. a split group without
+  events; a singular information matrix) are undefined and left out (``n_boot`` counts those
+  used, as ``rms::bootcov`` counts the fits that converged). The studentized interval uses
+  the delta-method standard error of the hazard ratio, hazard_ratio * se.
 
 Inputs may be float32; everything is computed in float64.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +63,7 @@ import xarray as xr
 from scipy import special
 
 from engine.errors import InputError, preview
+from engine.resample import statistic_bootstrap as sb
 from engine.stats import multitest
 from engine.stats.features import (
     MISSING_LABELS,
@@ -58,7 +76,7 @@ from engine.stats.features import (
 from engine.stats.features import adjust as adjust_p
 from engine.stats.survival import check_confidence, check_split, quantile_split, survival_outcome
 
-__all__ = ["FIELDS", "TIES", "cox", "cox_ph", "covariate_matrix"]
+__all__ = ["FIELDS", "TIES", "bootstrap_hazard_ratio", "cox", "cox_ph", "covariate_matrix"]
 
 FIELDS = ("effect", "se", "statistic", "p_value", "hazard_ratio", "ci_low", "ci_high",
           "p_logrank", "n", "n_events", "converged", "threshold")
@@ -407,11 +425,64 @@ def covariate_matrix(ds: xr.Dataset, names: Sequence[str]) -> tuple[np.ndarray, 
     return (np.stack(columns, axis=1) if columns else np.zeros((n, 0))), labels
 
 
-def _stratified(block, *, strata_args, options):
-    """One read of a chunk: ``cox_ph`` on each stratum's samples, fields side by side."""
-    return np.concatenate([cox_ph(block[:, a["samples"]], a["time"], a["event"],
-                                  covariates=a["covariates"], **options) for a in strata_args],
-                          axis=1)
+# --- bootstrap --------------------------------------------------------------------------------
+
+
+def bootstrap_hazard_ratio(x, *, time, event, covariates=None, split=None, ties: str = "efron",
+                           studentized: bool = False):
+    """The bootstrap statistic of a block (``statistic_bootstrap`` protocol): a function of a
+    replicate's sample positions ``idx`` giving every row's hazard ratio refitted by ``cox_ph``
+    on those samples of ``x`` with their time, event and covariates (covariates constant on
+    the replicate left out; with ``split`` the threshold of the replicate's values), NaN where
+    the fit does not converge to a finite estimate; with ``studentized`` also its delta-method
+    standard error hazard_ratio * se."""
+    time = np.asarray(time, dtype=np.float64)
+    event = np.asarray(event, dtype=np.float64)
+    n = time.size
+    covariates = (np.zeros((n, 0)) if covariates is None
+                  else np.asarray(covariates, dtype=np.float64).reshape(n, -1))
+    hr, se = FIELDS.index("hazard_ratio"), FIELDS.index("se")
+
+    def replicate(idx):
+        c = covariates[idx]
+        varying = (c != c[:1]).any(axis=0)
+        out = cox_ph(x[:, idx], time[idx], event[idx], covariates=c[:, varying], split=split,
+                     ties=ties)
+        if not studentized:
+            return out[:, hr]
+        return np.column_stack([out[:, hr], out[:, hr] * out[:, se]])
+
+    return replicate
+
+
+@dataclass(frozen=True)
+class _Bootstrap:
+    units: sb.ResampleUnits | None  # None: the stratum cannot be resampled (NaN intervals)
+    options: dict
+
+
+def _fit(x, *, samples, time, event, covariates, split, ties, confidence, bootstrap=None):
+    """One stratum of a chunk: the kernel's FIELDS, and with ``bootstrap`` the BOOT_FIELDS."""
+    x = x[:, samples]
+    fitted = cox_ph(x, time, event, covariates=covariates, split=split, ties=ties,
+                    confidence=confidence)
+    if bootstrap is None:
+        return fitted
+    if bootstrap.units is None:
+        return np.concatenate([fitted, sb.empty_interval(x.shape[0])], axis=1)
+    statistic = functools.partial(bootstrap_hazard_ratio, time=time, event=event,
+                                  covariates=covariates, split=split, ties=ties,
+                                  studentized=bootstrap.options["method"] == "studentized")
+    boot = sb.bootstrap_statistic(x, statistic, bootstrap.units, **bootstrap.options)
+    return np.concatenate([fitted, boot], axis=1)
+
+
+def _stratified(block, *, strata_args, options, bootstrap=None):
+    """One read of a chunk: ``cox_ph`` on each stratum's samples, fields side by side (each
+    stratum's bootstrap fields after its own)."""
+    return np.concatenate([_fit(block, **a, **options,
+                                bootstrap=None if bootstrap is None else bootstrap[s])
+                           for s, a in enumerate(strata_args)], axis=1)
 
 
 def _descriptions(split, covariates, ties, confidence, adjust):
@@ -448,7 +519,7 @@ def _descriptions(split, covariates, ties, confidence, adjust):
 def cox(ds: xr.Dataset, *, time: str, event: str, event_value=None, split=None,
         covariates: Sequence[str] = (), stratify_by: str | None = None, ties: str = "efron",
         variable: str = "expression", features: Sequence[str] | None = None,
-        confidence: float = 0.95, adjust: str = "BH") -> xr.Dataset:
+        confidence: float = 0.95, adjust: str = "BH", bootstrap=None) -> xr.Dataset:
     """A Cox proportional hazards model per feature, lazily.
 
     ``time`` is a numeric sample annotation (follow-up, >= 0); ``event`` a numeric 0/1
@@ -463,7 +534,12 @@ def cox(ds: xr.Dataset, *, time: str, event: str, event_value=None, split=None,
 
     Variables: effect, se, statistic, p_value, p_adj (``adjust`` of p_value per stratum),
     hazard_ratio, ci_low, ci_high, p_logrank, n, n_events, converged, and threshold with a
-    split. Conventions and references in the module docstring. Building computes nothing.
+    split. Conventions and references in the module docstring. ``bootstrap``
+    (``statistic_bootstrap.BootstrapOptions`` or anything ``bootstrap_options`` accepts):
+    ci_low / ci_high are then the bootstrap interval of hazard_ratio, followed by n_boot,
+    ci_low_wald, ci_high_wald; ``strata: true`` resamples events and censored samples
+    separately (unless clusters of ``by`` span both); each stratum of ``stratify_by`` is
+    resampled on its own, with its own stream. Building computes nothing.
     """
     if ties not in TIES:
         raise InputError(f"unknown ties method {ties!r} (choose from {', '.join(TIES)})")
@@ -473,6 +549,7 @@ def cox(ds: xr.Dataset, *, time: str, event: str, event_value=None, split=None,
         raise InputError(f"unknown p-value adjustment {adjust!r} (choose from "
                          f"{', '.join(multitest.METHODS)})")
     covariates = list(covariates)
+    options = sb.bootstrap_options(bootstrap)
     clash = sorted({time, event} & set(covariates))
     if clash:
         raise InputError(f"{preview(clash)} cannot be both the outcome and a covariate")
@@ -492,12 +569,26 @@ def cox(ds: xr.Dataset, *, time: str, event: str, event_value=None, split=None,
         varying = (cs != cs[:1]).any(axis=0) if idx.size else np.zeros(cs.shape[1], bool)
         strata_args.append({"samples": idx, "time": t[idx], "event": e[idx],
                             "covariates": cs[:, varying]})
-    options = {"split": q, "ties": ties, "confidence": float(confidence)}
-    width = len(FIELDS)
+    fields = list(FIELDS)
+    plans = None
+    if options is not None:
+        positions = np.unique(np.concatenate([a["samples"] for a in strata_args]))
+        plan = sb.resampling(lambda name: sample_annotation(ds, name, "bootstrap annotation"),
+                             positions, options, default_strata=e[positions],
+                             default_strata_name=f"{event} (events vs censored)")
+        stratified = stratify_by is not None
+        plans = [_Bootstrap(sb.units_or_none(plan, a["samples"], stratified=stratified),
+                            sb.kernel_options(options, sb.key_for(options, g.label, stratified)))
+                 for g, a in zip(groups, strata_args)]
+        # the kernel's Wald interval keeps its values under new names
+        fields = [f"{f}_wald" if f in ("ci_low", "ci_high") else f for f in fields]
+        fields += list(sb.BOOT_FIELDS)
+    kernel = {"split": q, "ties": ties, "confidence": float(confidence)}
+    width = len(fields)
     stacked = map_features(rows.data, _stratified, width * len(groups), name="cox",
-                           strata_args=strata_args, options=options)
+                           strata_args=strata_args, options=kernel, bootstrap=plans)
     columns = {f: [stacked[:, s * width + i] for s in range(len(groups))]
-               for i, f in enumerate(FIELDS)}
+               for i, f in enumerate(fields)}
     columns["p_adj"] = [adjust_p(p, adjust) for p in columns["p_value"]]
     order = ["effect", "se", "statistic", "p_value", "p_adj", "hazard_ratio", "ci_low",
              "ci_high", "p_logrank", "n", "n_events", "converged"]
@@ -510,6 +601,16 @@ def cox(ds: xr.Dataset, *, time: str, event: str, event_value=None, split=None,
         attrs["event_value"] = str(event_value)
     if split is not None:
         attrs["split"] = str(split)
+    descriptions = _descriptions(q, covariates, ties, confidence, adjust)
+    if options is not None:
+        at = order.index("ci_low")
+        order[at:at + 2] = ["ci_low", "ci_high", "n_boot", "ci_low_wald", "ci_high_wald"]
+        descriptions |= {f"{bound}_wald": descriptions[bound] for bound in ("ci_low", "ci_high")}
+        descriptions |= sb.interval_descriptions(options, "hazard_ratio", plan)
+        if q is not None:
+            for bound in ("ci_low", "ci_high"):
+                descriptions[bound] += ("; each replicate splits the feature at its own "
+                                        "quantile of the replicate's samples")
+        attrs |= sb.bootstrap_attrs(options, plan)
     return stratified_result({f: columns[f] for f in order}, rows, groups, stratify_by,
-                             attrs=attrs,
-                             descriptions=_descriptions(q, covariates, ties, confidence, adjust))
+                             attrs=attrs, descriptions=descriptions)
