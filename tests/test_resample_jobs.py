@@ -42,7 +42,8 @@ def store(tmp_path_factory):
         tmp / "m.tsv", sep="\t")
     pd.DataFrame({"sample": samples, "group": np.repeat(["high", "mid", "low"], 10),
                   "patient": [f"P{i // 2}" for i in range(30)],
-                  "score": rng.normal(size=30)}).to_csv(tmp / "s.tsv", sep="\t", index=False)
+                  "score": rng.normal(size=30), "months": rng.exponential(20.0, 30).round(1),
+                  "died": rng.integers(0, 2, 30)}).to_csv(tmp / "s.tsv", sep="\t", index=False)
     (tmp / "sets.gmt").write_text("MARKERS\tthe 12 separating genes\t" + "\t".join(genes[:12])
                                   + "\nOTHER\tnoise\t" + "\t".join(genes[30:40]) + "\n")
     return ingest(tmp / "m.tsv", tmp / "s.tsv", tmp / "c.zarr", chunk_genes=16)
@@ -130,12 +131,19 @@ def test_planning_computes_nothing(store, tmp_path, no_compute):
     test: spearman
     covariate: score
     bootstrap: {replicates: 200}
+  - {name: hr, test: cox, time: months, event: died, bootstrap: {replicates: 200}}
+  - {name: coef, test: limma, group: group, case: high, control: low, bootstrap: {}}
+  - {name: odds, test: logistic, outcome: group, event: high, reference: low, features: [score],
+     bootstrap: {method: percentile}}
 """
     analyses = JOB.replace("SETS", str(store.parent / "sets.gmt")) + rho
     job = load_job(write_job(tmp_path, store, analyses, seed=5))
     with no_compute():
         planned = plan_job(job)
     assert {"ci_low", "ci_high", "n_boot", "ci_low_fisher"} <= set(planned["rho"].data_vars)
+    assert {"ci_low", "ci_high", "n_boot", "ci_low_wald"} <= set(planned["hr"].data_vars)
+    assert {"ci_low", "ci_high", "n_boot", "ci_low_t"} <= set(planned["coef"].data_vars)
+    assert {"ci_low", "ci_high", "n_boot", "ci_low_wald"} <= set(planned["odds"].data_vars)
 
 
 @pytest.mark.parametrize("analysis, message", [

@@ -58,7 +58,8 @@ class Bootstrap(Strict):
     by: str | None = Field(default=None, description="sample annotation of the resampling "
                            "unit (e.g. patient): its samples are resampled together")
     strata: bool | str = Field(default=True, description="resample within strata so every "
-                               "replicate keeps their sizes: true = the analysis' groups, "
+                               "replicate keeps their sizes: true = the analysis' groups "
+                               "(logistic: outcome classes; cox: events vs censored), "
                                "false = none, or a sample annotation")
     weights: Literal["multinomial", "poisson"] = Field(
         default="multinomial", description="replicate weights: multinomial counts (the "

@@ -71,7 +71,7 @@ def _cox(a: spec.CoxAnalysis, ds: xr.Dataset, ctx: Context) -> xr.Dataset:
     return cox(ds, time=a.time, event=a.event, event_value=a.event_value, split=a.split,
                covariates=a.covariates, stratify_by=a.stratify_by, ties=a.ties,
                variable=a.variable, features=a.features, confidence=a.confidence,
-               adjust=a.adjust)
+               adjust=a.adjust, bootstrap=_bootstrap(a, ctx))
 
 
 def _kaplan_meier(a: spec.KaplanMeierAnalysis, ds: xr.Dataset, ctx: Context) -> xr.Dataset:

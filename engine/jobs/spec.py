@@ -153,6 +153,9 @@ class CoxAnalysis(Analysis, SurvivalOutcome):
     ties: Literal["efron", "breslow"] = Field(default="efron", description="R coxph default "
                                               "efron; statsmodels PHReg default breslow")
     confidence: Confidence = 0.95
+    bootstrap: Bootstrap | None = Field(default=None, description="bootstrap interval of the "
+                                        "hazard ratio (resampling samples with their time, "
+                                        "event and covariates)")
 
 
 class KaplanMeierAnalysis(SurvivalOutcome):
