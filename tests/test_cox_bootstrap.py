@@ -20,12 +20,7 @@ import xarray as xr
 from statsmodels.duration.hazard_regression import PHReg
 
 from engine.errors import InputError
-from engine.resample.bootstrap import (
-    REPLICATE_BLOCK,
-    replicate_indices,
-    resample_units,
-    sample_indices,
-)
+from engine.resample.bootstrap import resample_units
 from engine.resample.intervals import confidence_interval
 from engine.resample.statistic_bootstrap import (
     BOOT_FIELDS,
@@ -34,21 +29,13 @@ from engine.resample.statistic_bootstrap import (
     stratum_key,
 )
 from engine.stats.cox import bootstrap_hazard_ratio, cox, cox_ph
+from test_statistic_bootstrap import draws  # the replicates straight from the draw API
 
 # Newton-Raphson in both (engine: step < 1e-9 SD, then that step taken; statsmodels: tol 1e-12
 # on the parameters): both stop within ~1e-12 of the optimum, the rest is rounding (measured
 # 5e-15 on the hazard ratios and their se).
 RTOL = 1e-10
 SEED, KEY = 20261121, 4242
-
-
-def draws(units, replicates, seed=SEED, key=KEY):
-    """The sample positions of every replicate, straight from the draw API."""
-    out = []
-    for block in range(-(-replicates // REPLICATE_BLOCK)):
-        rows = replicate_indices(units, replicates, seed=seed, key=key, block=block)
-        out += list(sample_indices(units, rows))
-    return out
 
 
 # --------------------------------------------------------------------------- the reference
@@ -138,7 +125,7 @@ def reference(request):
     ref = np.full((2, x.shape[0], replicates), np.nan)
     fixed = np.full(replicates, np.nan)  # row 0 split at its threshold on all samples
     threshold = np.nanquantile(x, 0.5, axis=1)
-    idx_all = draws(units, replicates)
+    idx_all = draws(units, replicates, seed=SEED, key=KEY)
     for j, idx in enumerate(idx_all):
         assert e[idx].sum() == e.sum()  # every replicate keeps the number of events
         for g in range(x.shape[0]):
@@ -358,7 +345,7 @@ def test_clusters_move_together():
     # each replicate holds both samples of every patient it draws, as often as drawn
     patient = twice["patient"].values
     units = resample_units(patient.size, clusters=patient, strata=twice["status"].values)
-    for idx in draws(units, 20):
+    for idx in draws(units, 20, seed=SEED, key=KEY):
         counts = np.bincount(idx, minlength=patient.size)
         assert (counts[::2] == counts[1::2]).all()
     with pytest.raises(InputError, match="studentized"):
