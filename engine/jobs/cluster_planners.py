@@ -10,11 +10,11 @@ import xarray as xr
 from engine.errors import InputError, preview
 from engine.genesets import GeneSet, collapse_probes, load_gene_sets
 from engine.jobs import set_planners
+from engine.jobs.set_planners import STRING
 from engine.jobs.clusterspec import ConsensusAnalysis
 from engine.resample.consensus import consensus_cluster, label_consensus
 from engine.resample.rng import analysis_key
 
-STRING = np.dtypes.StringDType()
 #: Class names by decreasing mean signature score when there are three classes (ICR classes).
 THREE_CLASSES = ("High", "Medium", "Low")
 

@@ -80,7 +80,8 @@ def _kaplan_meier(a: spec.KaplanMeierAnalysis, ds: xr.Dataset, ctx: Context) -> 
                         confidence=a.confidence)
 
 
-PLANNERS = {spec.TwoGroupAnalysis: _two_group, spec.LinearModelAnalysis: _linear_model,
+PLANNERS = {**SET_PLANNERS, spec.TwoGroupAnalysis: _two_group,
+            spec.LinearModelAnalysis: _linear_model,
             spec.AncovaAnalysis: _ancova, spec.CorrelationAnalysis: _correlation,
             spec.LogisticAnalysis: _logistic, spec.CoxAnalysis: _cox,
             spec.KaplanMeierAnalysis: _kaplan_meier, spec.ConsensusAnalysis: plan_consensus}
@@ -89,7 +90,5 @@ PLANNERS = {spec.TwoGroupAnalysis: _two_group, spec.LinearModelAnalysis: _linear
 def plan_analysis(analysis: spec.Strict, ds: xr.Dataset, ctx: Context | None = None
                   ) -> xr.Dataset:
     """The lazy result of one analysis; builds the graph, computes nothing. ``ctx`` gives the
-    gene-set analyses the job seed and the earlier results they read."""
-    if type(analysis) in SET_PLANNERS:
-        return SET_PLANNERS[type(analysis)](analysis, ds, ctx or Context(0, {}))
+    analyses the job seed (random streams) and the earlier results they read."""
     return PLANNERS[type(analysis)](analysis, ds, ctx or Context(0, {}))

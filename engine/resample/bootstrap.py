@@ -47,7 +47,7 @@ from engine.errors import InputError, preview
 from engine.resample import exact
 from engine.resample.intervals import (CI_METHODS, check_bootstrap_options, confidence_interval,
                                        order_statistics, replicate_interval)
-from engine.resample.rng import block_rng
+from engine.resample.rng import block_rng, check_seed
 
 __all__ = [
     "CI_METHODS",
@@ -684,7 +684,8 @@ def _variance(s, parts, n, h, out=None):
         return raw
 
 
-_FOLD_CHANGE = {2: np.exp2, 10: lambda e, out=None: np.power(10.0, e, out=out), "e": np.exp}
+#: base ** effect for each fold_change_base (ufuncs: work on numpy and Dask arrays alike).
+FOLD_CHANGE = {2: np.exp2, 10: lambda e, out=None: np.power(10.0, e, out=out), "e": np.exp}
 _LOG_BASE = {2: math.log(2), 10: math.log(10), "e": 1.0}
 
 
@@ -705,7 +706,7 @@ def _intervals(stats: _ReplicateStats, *, method, level, fold_change_base,
                                 jackknife=stats.jackknife, **se)
     columns = [stats.observed, ci[:, 0], ci[:, 1], ci[:, 2]]
     if fold_change_base is not None:
-        power = _FOLD_CHANGE[fold_change_base]
+        power = FOLD_CHANGE[fold_change_base]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             fc = power(stats.observed)
             fc_rep = power(stats.replicates, out=None if fc_buffer is None
@@ -735,7 +736,7 @@ def bootstrap_mean_difference(x, case, control, units: ResampleUnits | None = No
     _mean_design(case, control, units, paired=paired, method=method, level=level,
                  replicates=replicates, kind=kind, fold_change_base=fold_change_base,
                  n_columns=x.shape[1])
-    block_rng(seed, key, 0)  # checks seed and key
+    check_seed(seed, key)
     return map_features(x, mean_difference_bootstrap, len(result_fields(fold_change_base)),
                         name=name, case=np.asarray(case), control=np.asarray(control),
                         units=units, replicates=replicates, method=method, level=level,

@@ -34,8 +34,8 @@ distances do not have. Non-monotone linkages (``centroid``, ``median``) are refu
 k-means (``algorithm="km"``, Euclidean only, as CCP forces): CCP calls R's ``kmeans(x, k,
 iter.max = 10, nstart = 1)``, i.e. Hartigan-Wong (AS 136) from k distinct random rows. Here
 each resample and k runs the same algorithm, a transcription of R's ``kmns.f`` vectorised over
-all runs of a block (:func:`engine.resample.rclust.hartigan_wong`), from k random drawn samples (distinct rows, as R
-redraws from ``unique(x)`` when two coincide): from the same start it gives R's partition
+all runs of a block (:func:`engine.resample.rclust.hartigan_wong`), from k random drawn
+samples (distinct rows, as R redraws from ``unique(x)`` when two coincide): from the same start it gives R's partition
 (checked on 420 runs), so only the random starts differ from R's. Lloyd's algorithm from the
 same starts gave another partition in 69% of the runs of the test data: it is not a substitute.
 Like R, a run stops at ``iter.max`` = 10 iterations or 50 m quick-transfer steps and keeps its
@@ -90,7 +90,7 @@ from scipy.stats import rankdata
 
 from engine.errors import InputError, preview
 from engine.resample.rclust import HCLUST_METHODS, cutree, hartigan_wong, hclust, kmeans_starts
-from engine.resample.rng import block_rng
+from engine.resample.rng import block_rng, check_seed
 
 try:  # scipy's C kernel behind hierarchy.cophenet, without its per-call validation (7x faster)
     from scipy.cluster._hierarchy import cophenetic_distances as _cophenetic_c
@@ -179,13 +179,6 @@ def _options(n_samples: int, n_features: int, *, resamples, k_max, p_item, p_fea
             "algorithm": algorithm, "m": m, "n_genes": n_genes}
 
 
-def _seed_parts(seed, key):
-    for name, value in (("seed", seed), ("key", key)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise InputError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(seed), int(key)
-
-
 # --------------------------------------------------------------------------- draws
 
 
@@ -203,7 +196,7 @@ def resample_draws(n_samples: int, n_features: int, *, block: int, seed: int, ke
     ``genes`` (B, m_genes) sorted gene positions or None (p_feature == 1), and for k-means
     ``starts`` (B, k_max - 1, m) ranks of the start keys (the start of k is ``argsort`` of its
     row, first k). B = min(RESAMPLE_BLOCK, resamples - block * RESAMPLE_BLOCK)."""
-    seed, key = _seed_parts(seed, key)
+    seed, key = check_seed(seed, key)
     opts = _options(n_samples, n_features, resamples=resamples, k_max=k_max, p_item=p_item,
                     p_feature=p_feature, distance=None, linkage="average", algorithm=algorithm)
     first = int(block) * RESAMPLE_BLOCK
@@ -408,7 +401,7 @@ def consensus_counts(x, *, block: int, seed: int, key: int, resamples: int, k_ma
     and fell in one cluster at k; ``I`` (n, n) int32, resamples in which both were drawn; the
     diagonals count the resamples that drew the sample. Sums over blocks are the run's counts.
     """
-    seed, key = _seed_parts(seed, key)
+    seed, key = check_seed(seed, key)
     x = np.asarray(x)
     opts = _options(x.shape[1], x.shape[0], resamples=resamples, k_max=k_max, p_item=p_item,
                     p_feature=p_feature, distance=distance, linkage=linkage, algorithm=algorithm)
@@ -561,7 +554,7 @@ def consensus_cluster(x, *, seed: int, key: int, resamples: int = 1000, k_max: i
     ``consensus_delta`` (k), ``pairs_clustered`` (k, sample, sample_b) and ``pairs_sampled``
     (sample, sample_b) counts. Attributes record the options, seed, key and block size.
     """
-    seed, key = _seed_parts(seed, key)
+    seed, key = check_seed(seed, key)
     if isinstance(x, xr.DataArray):
         if x.ndim != 2 or x.dims[1] != "sample":
             raise InputError(f"consensus clustering needs a (gene, sample) array, got dims "

@@ -107,7 +107,7 @@ from scipy import special
 from engine.errors import InputError
 from engine.resample.exact import (exact_sums, grid_powers, half_bits, on_grid,
                                    sum_of_squares)
-from engine.resample.rng import analysis_key, block_rng
+from engine.resample.rng import analysis_key, block_rng, check_seed
 from engine.stats.phenotype import (MAX_RELABELLINGS, PERMUTATION_BLOCK, label_permutations,
                                     relabellings)
 from engine.stats.twogroup import PAIRED_TESTS, TESTS
@@ -616,7 +616,7 @@ def _check(test, case, control, permutations, seed, key):
     if case.ndim != 1 or control.ndim != 1:
         raise InputError("case and control must be 1-D arrays of sample positions")
     d = _design(test, case.size, control.size, permutations)
-    block_rng(seed, key, 0)  # refuses a bad seed or key now, not inside a task
+    check_seed(seed, key)
     return d, case, control
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.errors import InputError
 
-__all__ = ["analysis_key", "block_rng"]
+__all__ = ["analysis_key", "block_rng", "check_seed"]
 
 
 def analysis_key(name: str, purpose: str = "") -> int:
@@ -29,6 +29,12 @@ def _non_negative(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise InputError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def check_seed(seed, key) -> tuple[int, int]:
+    """``seed`` and ``key`` as ints; one ``InputError`` naming the bad one. Call it while a
+    graph is built, so a bad seed is refused then and not inside a task."""
+    return _non_negative("seed", seed), _non_negative("key", key)
 
 
 def block_rng(seed: int, key: int, block: int) -> np.random.Generator:

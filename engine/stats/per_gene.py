@@ -12,8 +12,8 @@ import numpy as np
 import xarray as xr
 
 from engine.errors import InputError, preview
-from engine.resample.bootstrap import (REPLICATE_BLOCK, bootstrap_mean_difference, resample_units,
-                                       result_fields)
+from engine.resample.bootstrap import (FOLD_CHANGE, REPLICATE_BLOCK, bootstrap_mean_difference,
+                                       resample_units, result_fields)
 from engine.resample.permutation import COLUMN_DESCRIPTIONS as PERMUTATION_DESCRIPTIONS
 from engine.resample.permutation import permutation_columns, permutation_info
 from engine.resample.rng import analysis_key
@@ -153,7 +153,6 @@ def two_group_test(ds: xr.Dataset, *, test: str, group: str, case, control,
 COLUMN_ORDER = ("effect", "fold_change", "ci_low", "ci_high", "fc_ci_low", "fc_ci_high", "n_boot",
                 "statistic", "df", "p_value", "p_adj", "p_perm", "p_perm_floor", "p_maxT",
                 "n_permutations", "n_case", "n_control")
-FOLD_CHANGE = {2: np.exp2, 10: lambda e: 10.0 ** e, "e": np.exp}
 
 def bootstrap_descriptions(info: dict) -> dict:
     how = f"{info['level']:.0%} {info['method']} bootstrap interval ({info['replicates']} " \

@@ -71,7 +71,7 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.resample.exact import exact_sums, grid_powers, half_bits, on_grid, sum_of_squares
-from engine.resample.rng import block_rng
+from engine.resample.rng import block_rng, check_seed
 from engine.stats import gsea, multitest
 
 __all__ = [
@@ -121,13 +121,6 @@ def _groups(is_case) -> np.ndarray:
     return is_case
 
 
-def _seed_parts(seed, key):
-    for name, value in (("seed", seed), ("key", key)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise InputError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(seed), int(key)
-
-
 def label_permutations(is_case, n_permutations: int, *, seed: int, key: int, block: int,
                        block_size: int = PERMUTATION_BLOCK) -> np.ndarray:
     """Block ``block`` of the label permutations: a (samples x width) float64 0/1 matrix whose
@@ -141,7 +134,7 @@ def label_permutations(is_case, n_permutations: int, *, seed: int, key: int, blo
     :data:`PERMUTATION_BLOCK`.
     """
     is_case = _groups(is_case)
-    seed, key = _seed_parts(seed, key)
+    seed, key = check_seed(seed, key)
     first = int(block) * int(block_size)
     if block_size < 1 or block < 0 or first >= n_permutations:
         raise InputError(f"permutation block {block} of size {block_size} is outside "
@@ -475,7 +468,7 @@ def gsea_phenotype(x, is_case, members: Sequence, *, metric: str = "signal_to_no
     """
     _check_metric(metric)
     is_case = _groups(is_case)
-    seed, key = _seed_parts(seed, key)
+    seed, key = check_seed(seed, key)
     if not isinstance(x, da.Array):
         x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != is_case.size:
