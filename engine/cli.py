@@ -23,12 +23,21 @@ def _cluster_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_ingest(a) -> None:
-    from engine.store import ingest
+    from engine.store import ingest, open_cohort
+    from engine.store.formats import CARRIES_SAMPLES, detect_format
 
-    out = ingest(a.matrix, a.samples, a.output, genes=a.genes, scale=a.scale,
-                 chunk_genes=a.chunk_genes, drop_unmatched=a.drop_unmatched,
+    matrix = a.matrix[0] if len(a.matrix) == 1 else a.matrix
+    if a.samples is None and detect_format(matrix) not in CARRIES_SAMPLES:
+        a.ingest_parser.error("--samples is required for a TSV/CSV, GCT, Parquet or featureCounts "
+                              "matrix (.h5ad, GEO series matrix, RCC and STAR inputs carry their "
+                              "own sample annotations)")
+    out = ingest(matrix, a.samples, a.output, genes=a.genes, scale=a.scale, layer=a.layer,
+                 strand=a.strand, chunk_genes=a.chunk_genes, drop_unmatched=a.drop_unmatched,
                  overwrite=a.overwrite)
     _print_info(out, brief=True)
+    ds = open_cohort(out)
+    if "counts" in ds:
+        print(f"  counts: integer read counts as {ds['counts'].dtype}, same chunks")
 
 
 def _value_counts(values: np.ndarray) -> str:
@@ -124,16 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", help="write a cohort store from a matrix and a sample sheet")
-    p.add_argument("matrix", help="TSV/CSV (.gz/.bz2/.xz), GCT 1.2 or Parquet; genes x samples")
-    p.add_argument("--samples", required=True, help="sample sheet TSV/CSV; first column = sample ID")
+    p.add_argument("matrix", nargs="+",
+                   help="genes x samples: TSV/CSV (.gz/.bz2/.xz), GCT 1.2, Parquet, featureCounts "
+                        "output, GEO series matrix, AnnData .h5ad; a folder of NanoString RCC or "
+                        "STAR ReadsPerGene.out.tab files, or several STAR files")
+    p.add_argument("--samples", help="sample sheet TSV/CSV; first column = sample ID (optional "
+                                     "for .h5ad, GEO, RCC and STAR inputs)")
     p.add_argument("--genes", help="gene table TSV/CSV; first column = gene ID (e.g. symbol)")
-    p.add_argument("--scale", default="log2", choices=["log2", "linear", "counts"])
+    p.add_argument("--scale", choices=["log2", "linear", "counts"],
+                   help="default: counts for featureCounts, STAR and RCC, else log2; counts "
+                        "also stores the integer counts")
+    p.add_argument("--layer", metavar="NAME", help=".h5ad: read layers/NAME instead of X")
+    p.add_argument("--strand", choices=["unstranded", "forward", "reverse"],
+                   help="STAR: count column 2 (unstranded), 3 (forward) or 4 (reverse)")
     p.add_argument("--chunk-genes", type=int, metavar="N", help="genes per chunk (default ~96 MB)")
     p.add_argument("--drop-unmatched", action="store_true",
                    help="drop samples found only in the matrix or only in the sheet")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("-o", "--output", required=True, help="store path (STORE.zarr)")
-    p.set_defaults(func=cmd_ingest)
+    p.set_defaults(func=cmd_ingest, ingest_parser=p)
 
     p = sub.add_parser("info", help="describe a cohort store")
     p.add_argument("store")

@@ -40,24 +40,44 @@ COHORT_STORE = {
             "attributes": {"scale": {"enum": list(SCALES)}},
             "description": "expression values; NaN means missing",
         },
+        "counts": {
+            "dims": ["gene", "sample"], "dtype": ["int32", "int64"], "required": False,
+            "chunks": "the chunks of expression",
+            "description": "the integer read counts, written by ingest with scale counts "
+                           "(int64 only when a count exceeds 2**31 - 1); expression holds them "
+                           "as float32",
+        },
     },
     "annotations": {
         "sample": "every other 1-D variable along `sample` is a sample-sheet column under its "
-                  "original name: float64 when every value is a number (NaN = missing), else "
-                  "string ('' = missing)",
-        "gene": "every other 1-D variable along `gene` is a gene-table column (or the GCT "
-                "Description), float64 or string as for samples",
+                  "original name, or an annotation the matrix carries (h5ad obs columns, GEO "
+                  "!Sample_ fields and characteristics, RCC sample and lane attributes, STAR "
+                  "N_ lines): float64 when every value is a number (NaN = missing), else "
+                  "string ('' = missing); categoricals and booleans as their labels",
+        "gene": "every other 1-D variable along `gene` is a gene-table column or a gene "
+                "annotation the matrix carries (GCT Description, featureCounts Chr..Length, "
+                "h5ad var columns, RCC code_class/accession/name), float64 or string as for "
+                "samples",
     },
     "attributes": {
         "engine_version": "cohort-engine version that wrote the store",
         "ingested_at": "UTC time of ingest, ISO 8601",
-        "sources": "list of {role, path, bytes, sha256} for the matrix, sample sheet and gene table",
-        "ingest_options": "the ingest options (scale, chunk_genes, drop_unmatched, dropped samples)",
+        "sources": "list of {role, path, bytes, sha256} for the matrix file(s) (every STAR or RCC "
+                   "file), sample sheet and gene table",
+        "ingest_options": "the ingest options (format, scale, chunk_genes, drop_unmatched, dropped "
+                          "samples; the format's options such as layer or strand; annotations "
+                          "renamed or replaced by the sample sheet or gene table)",
+    },
+    "optional_attributes": {
+        "geo_series": "GEO series matrix input: its !Series_ lines as {field: value or list of "
+                      "values}",
     },
 }
 
 
-def _dtype_ok(values: xr.DataArray, expected: str) -> bool:
+def _dtype_ok(values: xr.DataArray, expected: str | list[str]) -> bool:
+    if isinstance(expected, list):
+        return any(_dtype_ok(values, e) for e in expected)
     if expected == "string":
         return values.dtype.kind in "OUT" or isinstance(values.dtype, np.dtypes.StringDType)
     return values.dtype == np.dtype(expected)
@@ -68,13 +88,16 @@ def check_cohort(ds: xr.Dataset) -> None:
     problems = []
     for name, spec in COHORT_STORE["variables"].items():
         if name not in ds.variables:
-            problems.append(f"missing variable {name!r}")
+            if spec["required"]:
+                problems.append(f"missing variable {name!r}")
             continue
         var = ds[name]
         if list(var.dims) != spec["dims"]:
             problems.append(f"{name!r} has dims {var.dims}, expected {tuple(spec['dims'])}")
         if not _dtype_ok(var, spec["dtype"]):
-            problems.append(f"{name!r} has dtype {var.dtype}, expected {spec['dtype']}")
+            expected = spec["dtype"] if isinstance(spec["dtype"], str) else \
+                " or ".join(spec["dtype"])
+            problems.append(f"{name!r} has dtype {var.dtype}, expected {expected}")
         for attr, rule in spec.get("attributes", {}).items():
             if var.attrs.get(attr) not in rule["enum"]:
                 problems.append(f"{name!r} attribute {attr!r} is {var.attrs.get(attr)!r}, "
@@ -85,6 +108,9 @@ def check_cohort(ds: xr.Dataset) -> None:
         sample_chunks = ds["expression"].chunks[list(ds["expression"].dims).index("sample")]
         if len(sample_chunks) != 1:
             problems.append("'expression' is chunked along samples; chunks must hold all samples")
+        if "counts" in ds and ds["counts"].dims == ds["expression"].dims \
+                and ds["counts"].chunks != ds["expression"].chunks:
+            problems.append("'counts' is chunked differently from 'expression'")
     for name, var in ds.data_vars.items():
         if name in COHORT_STORE["variables"] or var.ndim != 1:
             continue

@@ -2,13 +2,21 @@
 
 The matrix is read in row blocks of one chunk each and appended to the store chunk by chunk,
 so memory stays at about one chunk whatever the file size. Everything is written to a temporary
-directory that is renamed into place only when ingest succeeds.
+directory that is renamed into place only when ingest succeeds. Every input format goes through
+one reader interface (``engine.store.formats.MatrixSource``): sample IDs, then row blocks, plus
+the sample and gene annotations the matrix carries (h5ad obs/var, GEO characteristics, ...).
+
+With ``scale="counts"`` the values must be non-negative integers; they are stored twice: exactly
+as ``counts`` (int32, or int64 when a count exceeds 2**31 - 1) and as float32 ``expression``.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
+import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +28,16 @@ from zarr.codecs import BloscCodec
 from engine.errors import InputError, preview
 from engine.fsutil import atomic_directory, describe_file
 from engine.store.contract import COHORT_STORE, SCALES
-from engine.store.formats import MatrixReader, read_table
+from engine.store.formats import MatrixSource, open_matrix, read_table
 
 CHUNK_BYTES = 96 * 2**20  # DESIGN.md: 64-128 MB chunks, genes only
 COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
-RESERVED = set(COHORT_STORE["variables"]) | {"counts"}
+RESERVED = set(COHORT_STORE["variables"])  # gene, sample, expression, counts
+INT32_MAX = np.iinfo(np.int32).max
+INT64_LIMIT = 2.0**63  # the first float64 above int64's range
+FORMAT_NAMES = {"table": "TSV/CSV", "gct": "GCT", "parquet": "Parquet",
+                "featurecounts": "featureCounts", "star": "STAR ReadsPerGene",
+                "geo": "GEO series matrix", "h5ad": "AnnData .h5ad", "rcc": "NanoString RCC"}
 
 
 def default_chunk_genes(n_samples: int) -> int:
@@ -44,6 +57,25 @@ def annotation_values(column: pd.Series) -> np.ndarray:
     return column.fillna("").astype(str).to_numpy(object)
 
 
+def annotation_column(column: pd.Series) -> np.ndarray:
+    """Store values of an annotation the matrix file carries, by its type there.
+
+    Numbers (incl. nullable integers) -> float64 (NaN = missing); categoricals and booleans ->
+    their labels as strings ('' = missing); text -> ``annotation_values`` as for a sample sheet.
+    """
+    dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(dtype):
+        labels = column.astype(object)
+        out = labels.astype(str).to_numpy(object)
+        out[labels.isna().to_numpy()] = ""
+        return out
+    if pd.api.types.is_numeric_dtype(dtype):
+        return column.to_numpy(np.float64, na_value=np.nan)
+    present = column.notna().to_numpy()
+    text = column.astype(object).astype(str).where(present, np.nan)
+    return annotation_values(text.astype(object))
+
+
 def _check_names(names, what: str, taken: set[str]) -> None:
     for name in names:
         if name in taken:
@@ -52,6 +84,24 @@ def _check_names(names, what: str, taken: set[str]) -> None:
         if "/" in name or name.startswith("__") or not name.strip():
             raise InputError(f"{what} column {name!r} is not a valid variable name "
                              "(no '/', no leading '__', not blank)")
+
+
+def _carried_names(names, taken: set[str], prefix: str, renamed: dict) -> dict[str, str]:
+    """Store names for annotations the matrix carries (which the user cannot rename easily).
+
+    '/' becomes '_', and a name already taken (``sample``, ``counts``, a sample annotation for a
+    gene annotation) gets ``prefix`` (``sample_``/``gene_``) until it is free; renames are
+    recorded in ``renamed``.
+    """
+    out: dict[str, str] = {}
+    for name in names:
+        final = str(name).replace("/", "_").strip().lstrip("_") or "unnamed"
+        while final in taken or final in out.values():
+            final = prefix + final
+        if final != name:
+            renamed[str(name)] = final
+        out[name] = final
+    return out
 
 
 def _match_samples(matrix_ids: list[str], sheet: pd.DataFrame, drop_unmatched: bool):
@@ -75,69 +125,155 @@ def _match_samples(matrix_ids: list[str], sheet: pd.DataFrame, drop_unmatched: b
     return keep, not_in_sheet, not_in_matrix
 
 
+def _sample_annotations(reader: MatrixSource, sheet: pd.DataFrame | None, sample_ids: list[str],
+                        report: dict) -> dict:
+    """Sample variables: the matrix's own annotations, then the sheet's (which win on a name)."""
+    out = {}
+    carried = reader.sample_annotations
+    if carried is not None:
+        renamed: dict = {}
+        names = _carried_names(carried.columns, RESERVED, "sample_", renamed)
+        aligned = carried.reindex(pd.Index(sample_ids, dtype=object))
+        out = {names[c]: ("sample", annotation_column(aligned[c])) for c in carried.columns}
+        if renamed:
+            report.setdefault("renamed_annotations", {})["sample"] = renamed
+    if sheet is not None:
+        replaced = [name for name in sheet.columns if name in out]
+        if replaced:
+            report.setdefault("replaced_annotations", {})["sample"] = replaced
+        out.update({name: ("sample", annotation_values(sheet.loc[sample_ids, name]))
+                    for name in sheet.columns})
+    return out
+
+
+def _gene_annotations(reader: MatrixSource, parts: dict[str, list[np.ndarray]],
+                      gene_ids: np.ndarray, table: pd.DataFrame | None, taken: set[str],
+                      report: dict) -> dict:
+    """Gene variables: columns the matrix carries (per block or as a frame), then the gene
+    table's (which win on a name)."""
+    carried = {name: pd.Series(np.concatenate(chunks), dtype=object)
+               for name, chunks in parts.items()}
+    if reader.gene_annotations is not None:
+        frame = reader.gene_annotations
+        if len(frame) != len(gene_ids):
+            raise InputError(f"matrix {reader.path}: {len(frame)} gene annotation rows for "
+                             f"{len(gene_ids)} genes")
+        carried.update({name: frame[name].reset_index(drop=True) for name in frame.columns})
+    renamed: dict = {}
+    names = _carried_names(carried, taken, "gene_", renamed)
+    if renamed:
+        report.setdefault("renamed_annotations", {})["gene"] = renamed
+    out = {names[name]: ("gene", annotation_column(column)) for name, column in carried.items()}
+    if table is not None:
+        replaced = [name for name in table.columns if name in out]
+        if replaced:
+            report.setdefault("replaced_annotations", {})["gene"] = replaced
+        # rows of the table not in the matrix are ignored; genes absent from it get missing values
+        aligned = table.reindex(pd.Index(gene_ids, dtype=object))
+        out.update({name: ("gene", annotation_values(aligned[name])) for name in table.columns})
+    return out
+
+
 def ingest(
-    matrix: str | Path,
-    samples: str | Path,
-    output: str | Path,
+    matrix: str | Path | Sequence[str | Path],
+    samples: str | Path | None = None,
+    output: str | Path | None = None,
     *,
     genes: str | Path | None = None,
-    scale: str = "log2",
+    scale: str | None = None,
+    layer: str | None = None,
+    strand: str | None = None,
     chunk_genes: int | None = None,
     drop_unmatched: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Validate and write a cohort store; return its path. See ``schemas/cohort-store.md``."""
-    if scale not in SCALES:
+    """Validate and write a cohort store; return its path. See ``schemas/cohort-store.md``.
+
+    ``matrix``: a file (TSV/CSV, GCT, Parquet, featureCounts, GEO series matrix, .h5ad), a folder
+    (RCC or STAR files) or a list of STAR files; the format is recognised by
+    ``engine.store.formats.detect_format``. ``samples`` is required unless the matrix carries
+    sample annotations (h5ad, GEO, RCC, STAR); a given sheet is matched to the matrix as always
+    and its columns replace carried annotations of the same name. ``scale`` defaults to
+    ``counts`` for featureCounts, STAR and RCC (which allow nothing else) and to ``log2``
+    otherwise. ``layer`` reads an h5ad layer instead of X; ``strand`` picks STAR's count column.
+    """
+    if output is None:
+        raise TypeError("ingest() needs an output path")
+    if scale is not None and scale not in SCALES:
         raise InputError(f"scale {scale!r} is not one of {', '.join(SCALES)}")
-    reader = MatrixReader(matrix)
-    sheet = read_table(samples, "sample sheet")
+    reader = open_matrix(matrix, layer=layer, strand=strand)
+    name = FORMAT_NAMES.get(reader.kind, reader.kind)
+    if scale is None:
+        scale = reader.scale or "log2"
+    elif reader.scale == "counts" and scale != "counts":
+        raise InputError(f"{name} files hold read counts: ingest them with --scale counts (their "
+                         f"default), not --scale {scale}")
+    if samples is None and not reader.carries_samples:
+        raise InputError(f"--samples is required for a {name} matrix: a TSV/CSV sample sheet whose "
+                         "first column is the sample ID (.h5ad, GEO, RCC and STAR inputs carry "
+                         "their own sample annotations)")
+    sheet = read_table(samples, "sample sheet") if samples is not None else None
     gene_table = read_table(genes, "gene table") if genes is not None else None
-    keep, dropped_matrix, dropped_sheet = _match_samples(reader.sample_ids, sheet, drop_unmatched)
+    if sheet is not None:
+        keep, dropped_matrix, dropped_sheet = _match_samples(reader.sample_ids, sheet, drop_unmatched)
+        _check_names(sheet.columns, "sample sheet", RESERVED)
+    else:
+        keep, dropped_matrix, dropped_sheet = np.arange(len(reader.sample_ids)), [], []
     sample_ids = [reader.sample_ids[i] for i in keep]
-    _check_names(sheet.columns, "sample sheet", RESERVED)
-    _check_names(gene_table.columns if gene_table is not None else [], "gene table",
-                 RESERVED | set(sheet.columns))
     if chunk_genes is not None and chunk_genes < 1:
         raise InputError(f"--chunk-genes must be a positive number of genes, not {chunk_genes}")
     chunk = chunk_genes or default_chunk_genes(len(sample_ids))
     all_columns = len(keep) == len(reader.sample_ids)
 
-    sample_vars = {name: ("sample", annotation_values(sheet.loc[sample_ids, name]))
-                   for name in sheet.columns}
+    report: dict = {}
+    sample_vars = _sample_annotations(reader, sheet, sample_ids, report)
+    if gene_table is not None:
+        _check_names(gene_table.columns, "gene table", RESERVED | set(sample_vars))
     output = Path(output)
     with atomic_directory(output, overwrite=overwrite) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         seen: set[str] = set()
         gene_ids: list[np.ndarray] = []
         extra: dict[str, list[np.ndarray]] = {}
+        counts_dtype = np.int32
         for block in reader.blocks(chunk):
+            if not gene_ids and 0 < len(block.gene_ids) < chunk:
+                # the whole matrix: Zarr stores an edge chunk at full size, so a default (~96 MB)
+                # chunk of a small matrix would be written, and read back, padded
+                chunk = len(block.gene_ids)
             values = block.values if all_columns else block.values[:, keep]
-            _check_block(block, values, seen, scale, reader.path)
+            _check_block(reader, block, values, seen, keep)
+            variables = {"expression": (("gene", "sample"), values.astype(np.float32))}
+            if scale == "counts":
+                _check_counts(reader, block, values, keep)
+                if counts_dtype == np.int32 and values.size and values.max() > INT32_MAX:
+                    counts_dtype = np.int64
+                    if gene_ids:
+                        _widen_counts(tmp)
+                variables["counts"] = (("gene", "sample"), values.astype(counts_dtype))
             gene_ids.append(block.gene_ids)
-            for name, column in block.gene_annotations.items():
-                extra.setdefault(name, []).append(column)
-            data = xr.Dataset(
-                {"expression": (("gene", "sample"), values.astype(np.float32))},
-                coords={"gene": block.gene_ids},
-            )
+            for column, part in block.gene_annotations.items():
+                extra.setdefault(column, []).append(part)
+            data = xr.Dataset(variables, coords={"gene": block.gene_ids})
             if len(gene_ids) == 1:
                 data = data.assign_coords(sample=np.array(sample_ids, dtype=object))
                 data = data.assign(sample_vars)
-                encoding = {"expression": {"chunks": (chunk, len(sample_ids)),
-                                           "compressors": COMPRESSOR},
-                            "gene": {"chunks": (chunk,)}}
+                encoding = {v: {"chunks": (chunk, len(sample_ids)), "compressors": COMPRESSOR}
+                            for v in variables}
+                encoding["gene"] = {"chunks": (chunk,)}
                 data.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
             else:
                 data.to_zarr(tmp, append_dim="gene", zarr_format=3, consolidated=False)
         if not gene_ids:
-            raise InputError(f"matrix {reader.path} has no data rows")
+            raise InputError(f"matrix {reader.path} has no data rows" + reader.empty_hint)
         all_genes = np.concatenate(gene_ids)
-        gene_vars = {name: ("gene", np.concatenate(parts)) for name, parts in extra.items()}
-        if gene_table is not None:
-            gene_vars.update(_gene_annotations(gene_table, all_genes))
+        gene_vars = _gene_annotations(reader, extra, all_genes, gene_table,
+                                      RESERVED | set(sample_vars), report)
         if gene_vars:
             xr.Dataset(gene_vars).to_zarr(tmp, mode="a", zarr_format=3, consolidated=False)
-        sources = [describe_file(reader.path, "matrix"), describe_file(samples, "samples")]
+        sources = [describe_file(f, "matrix") for f in reader.source_files]
+        if samples is not None:
+            sources.append(describe_file(samples, "samples"))
         if genes is not None:
             sources.append(describe_file(genes, "genes"))
         root = zarr.open_group(tmp, mode="r+", zarr_format=3)
@@ -145,40 +281,77 @@ def ingest(
         from engine import __version__
 
         root.attrs.update({
+            **reader.attributes,
             "engine_version": __version__,
             "ingested_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "sources": sources,
-            "ingest_options": {"scale": scale, "chunk_genes": chunk,
+            "ingest_options": {"format": reader.kind, "scale": scale, "chunk_genes": chunk,
+                               **reader.options,
                                "drop_unmatched": drop_unmatched,
                                "dropped_matrix_samples": dropped_matrix,
-                               "dropped_sheet_samples": dropped_sheet},
+                               "dropped_sheet_samples": dropped_sheet, **report},
         })
         zarr.consolidate_metadata(tmp)
     return output
 
 
-def _check_block(block, values: np.ndarray, seen: set[str], scale: str, path: Path) -> None:
+def _check_block(reader: MatrixSource, block, values: np.ndarray, seen: set[str], keep) -> None:
     ids = block.gene_ids
     dup_here = pd.Index(ids)[pd.Index(ids).duplicated()]
     dup = list(dup_here) + [g for g in ids if g in seen]
     if dup:
-        raise InputError(f"matrix {path} has duplicate gene IDs: {preview(sorted(set(dup)))} "
+        raise InputError(f"matrix {reader.path} has duplicate gene IDs: {preview(sorted(set(dup)))} "
                          "(gene IDs must be unique; collapse or rename the rows)")
     seen.update(ids)
-    if np.isinf(values.astype(np.float32)).any() and not np.isinf(values).any():
-        r, c = np.argwhere(np.isinf(values.astype(np.float32)))[0]
-        raise InputError(f"matrix {path}: value {values[r, c]} on line {block.first_line + r} is "
-                         "too large for float32")
-    if scale == "counts" and (values < 0).any():
-        r, c = np.argwhere(values < 0)[0]
-        raise InputError(f"matrix {path}: negative count {values[r, c]} on line "
-                         f"{block.first_line + r}, sample column {c + 1} (counts must be >= 0; "
+    too_large = np.isinf(values.astype(np.float32)) & ~np.isinf(values)
+    if too_large.any():
+        r, c = np.argwhere(too_large)[0]
+        raise InputError(f"matrix {reader.path}: value {values[r, c]} "
+                         f"{reader.locate(block, r, keep[c])} is too large for float32")
+    infinite = np.isinf(values)
+    if infinite.any():  # the text readers say so already; binary inputs (h5ad) are checked here
+        r, c = np.argwhere(infinite)[0]
+        raise InputError(f"matrix {reader.path}: infinite value {reader.locate(block, r, keep[c])} "
+                         "(replace it with NaN if it means missing)")
+
+
+def _check_counts(reader: MatrixSource, block, values: np.ndarray, keep) -> None:
+    """An InputError naming the first value of ``values`` that is not a count (int64 at most)."""
+    def where(mask) -> tuple[float, str]:
+        r, c = np.argwhere(mask)[0]
+        return values[r, c], reader.locate(block, r, keep[c])
+
+    missing = np.isnan(values)
+    if missing.any():
+        _, at = where(missing)
+        raise InputError(f"matrix {reader.path}: missing count {at} (--scale counts needs every "
+                         "count; use --scale linear to keep missing values)")
+    negative = values < 0
+    if negative.any():
+        value, at = where(negative)
+        raise InputError(f"matrix {reader.path}: negative count {value} {at} (counts must be >= 0; "
                          "use --scale log2 or linear for transformed values)")
+    fractional = values != np.floor(values)
+    if fractional.any():
+        value, at = where(fractional)
+        raise InputError(f"matrix {reader.path}: non-integer count {value} {at} (--scale counts "
+                         "stores integer counts: round them first, e.g. RSEM or salmon expected "
+                         f"counts, or use --scale linear{reader.count_hint})")
+    huge = values >= INT64_LIMIT
+    if huge.any():
+        value, at = where(huge)
+        raise InputError(f"matrix {reader.path}: count {value} {at} does not fit a 64-bit integer")
 
 
-def _gene_annotations(table: pd.DataFrame, gene_ids: np.ndarray) -> dict:
-    """Gene-table columns aligned to the matrix rows; rows of the table not in the matrix are ignored."""
-    aligned = table.reindex(pd.Index(gene_ids, dtype=object))
-    return {name: ("gene", annotation_values(aligned[name])) for name in table.columns}
-
-
+def _widen_counts(store: Path) -> None:
+    """Rewrite the ``counts`` written so far as int64, chunk by chunk (a count exceeded int32)."""
+    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    old = root["counts"]
+    wide = root.create_array("counts_int64", shape=old.shape, chunks=old.chunks, dtype=np.int64,
+                             compressors=COMPRESSOR, fill_value=0, attributes=dict(old.attrs),
+                             dimension_names=("gene", "sample"))
+    step = old.chunks[0]
+    for start in range(0, old.shape[0], step):
+        wide[start:start + step] = old[start:start + step]
+    shutil.rmtree(store / "counts")
+    os.rename(store / "counts_int64", store / "counts")
