@@ -15,8 +15,6 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import dask.array as da
-from dask.base import tokenize
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -24,6 +22,7 @@ import xarray as xr
 
 from engine.errors import InputError, preview
 from engine.genesets.library import GeneSet, check_unique
+from engine.preprocess.designs import collapse
 
 MATCHES = ("id", "symbol", "auto")
 COLLAPSE_METHODS = ("max_mean", "max_variance", "mean")
@@ -187,24 +186,14 @@ def _nothing_scored(sets, size_mapped, labels, match, case_insensitive, min_size
 
 def collapse_probes(ds: xr.Dataset, *, method: str = "max_mean", symbol_column: str = "symbol",
                     variable: str = "expression") -> xr.Dataset:
-    """A cohort with one row per gene symbol, from a probe-level cohort.
+    """A cohort with one row per gene symbol, from a probe-level cohort, for gene-set scoring.
 
     ``method``: ``max_mean`` keeps, per symbol, the probe with the largest mean (GSEA's
     ``Max_probe``), ``max_variance`` the probe with the largest variance (ddof = 1), ``mean``
-    averages the symbol's probes sample by sample. Missing values are left out (a mean of the
-    values present; a probe's variance needs two); among the probes with a value, one with an
-    undefined statistic (variance of one value) ranks below every defined one, and an all-NaN
-    probe is never kept (a symbol whose probes are all NaN gets NaN and ``probe`` ""). Ties go
-    to the first probe in store order. Probes without a symbol (``""``, "nan", "NA") are
-    dropped; the genes are the symbols in order of first appearance in the store.
-
-    The result keeps the sample annotations and ``variable`` (collapsed, in its dtype; the
-    mean is computed in float64), has ``symbol_column`` equal to the gene coordinate,
-    ``n_probes`` (float64) and, for the max methods, ``probe`` (the probe kept); every other
-    gene annotation is taken from the symbol's first probe, other (gene, sample) variables
-    are dropped. With a Dask-backed ``variable`` the result is lazy: the probes are put in
-    symbol order (a take along genes), rechunked so no symbol straddles two chunks, and
-    collapsed chunk by chunk, so building it reads nothing.
+    averages the symbol's probes sample by sample. This is
+    ``engine.preprocess.designs.collapse`` (its docstring gives the rules for ties, missing
+    values and annotations) of ``variable`` alone: other (gene, sample) variables are
+    dropped. ``attrs["collapsed"]`` records what was done.
     """
     if method not in COLLAPSE_METHODS:
         raise InputError(f"collapse method {method!r} is not one of {', '.join(COLLAPSE_METHODS)}")
@@ -216,131 +205,11 @@ def collapse_probes(ds: xr.Dataset, *, method: str = "max_mean", symbol_column: 
         names = sorted(n for n, v in ds.data_vars.items() if v.dims == ("gene",))
         raise InputError(f"symbol_column {symbol_column!r} is not a gene annotation of the "
                          f"cohort (gene annotations: {preview(names) or 'none'})")
-    symbols = as_labels(ds[symbol_column].values)
-    with_symbol = np.flatnonzero(symbols != "")
-    if with_symbol.size == 0:
-        raise InputError(f"gene annotation {symbol_column!r} has no symbols; nothing to collapse")
-    codes, genes = pd.factorize(symbols[with_symbol])
-    perm = with_symbol[np.argsort(codes, kind="stable")]  # symbol by symbol, store order inside
-    counts = np.bincount(codes)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    probe_ids = as_labels(ds["gene"].values)
-    source = ds[variable]
-    out_dtype = source.dtype if source.dtype.kind == "f" else np.dtype(np.float64)
-
-    x = source.data
-    if isinstance(x, da.Array):
-        values, kept = _collapse_lazy(x, perm, counts, starts, method, out_dtype, probe_ids)
-    else:
-        block = np.asarray(x)[perm]
-        values = _collapse_block(block, starts, method, out_dtype)
-        kept = None if method == "mean" else \
-            _probe_names(_select(block, starts, method), perm, probe_ids)
-
-    genes = np.asarray(genes, dtype=object)
-    out = xr.Dataset(coords={"gene": genes, "sample": ds["sample"].values})
-    out[variable] = xr.DataArray(values, dims=("gene", "sample"), attrs=dict(source.attrs))
-    first = perm[starts]
-    for name, var in ds.data_vars.items():
-        if var.dims == ("sample",):
-            out[name] = var.variable
-        elif var.dims == ("gene",) and name != symbol_column:
-            out[name] = var.variable[first]  # stays lazy if the annotation is
-    out[symbol_column] = xr.DataArray(genes.copy(), dims="gene")
-    out["n_probes"] = xr.DataArray(counts.astype(np.float64), dims="gene",
-                                   attrs={"description": "probes with this symbol"})
-    if kept is not None:
-        out["probe"] = xr.DataArray(kept, dims="gene", attrs={
-            "description": f"the probe kept ({method}); '' when all its probes are missing"})
-    out.attrs = {**ds.attrs, "collapsed": {
-        "method": method, "variable": variable, "symbol_column": symbol_column,
-        "probes": int(ds.sizes["gene"]), "probes_without_symbol":
-            int(ds.sizes["gene"] - with_symbol.size), "genes": int(genes.size)}}
+    others = [n for n, v in ds.data_vars.items() if v.dims == ("gene", "sample") and n != variable]
+    out = collapse(ds.drop_vars(others), symbol_column, method, variable=variable)
+    record = out.attrs.pop("collapse")
+    out.attrs["collapsed"] = {"method": method, "variable": variable,
+                              "symbol_column": symbol_column, "probes": record["probes"],
+                              "probes_without_symbol": record["probes_without_annotation"],
+                              "genes": record["genes"]}
     return out
-
-
-def _collapse_lazy(x: da.Array, perm, counts, starts, method, out_dtype, probe_ids):
-    """The lazy path: take into symbol order, align chunks to symbols, collapse per chunk.
-
-    Each chunk gets, aligned with its rows, a flag marking each symbol's first probe and the
-    probe IDs, as small 1-D Dask arrays, so no task carries the whole probe list."""
-    target = max(x.chunks[0]) if x.shape[0] else 1
-    ends = np.cumsum(counts)
-    group_cuts = [0]  # chunk k holds the symbols group_cuts[k] .. group_cuts[k+1] - 1
-    while group_cuts[-1] < counts.size:
-        row_start = 0 if group_cuts[-1] == 0 else ends[group_cuts[-1] - 1]
-        g = int(np.searchsorted(ends, row_start + target, side="left"))
-        group_cuts.append(min(g + 1, counts.size))
-    group_cuts = np.array(group_cuts)
-    row_chunks = tuple(int(n) for n in np.diff(np.concatenate([[0], ends[group_cuts[1:] - 1]])))
-    group_chunks = tuple(int(n) for n in np.diff(group_cuts))
-    is_start = np.zeros(perm.size, bool)
-    is_start[starts] = True
-    is_start = da.from_array(is_start, chunks=(row_chunks,))
-    ordered = x[perm].rechunk({0: row_chunks, 1: -1})
-    token = tokenize(x, perm, method)
-    values = da.blockwise(
-        _collapse_chunk, "ij", ordered, "ij", is_start, "i", method=method,
-        out_dtype=out_dtype, adjust_chunks={"i": group_chunks}, dtype=out_dtype,
-        meta=np.empty((0, 0), out_dtype), name=f"collapse-{method}-{token}")
-    if method == "mean":
-        return values, None
-    names = da.from_array(probe_ids[perm].astype(object), chunks=(row_chunks,))
-    kept = da.blockwise(
-        _probe_chunk, "i", ordered, "ij", is_start, "i", names, "i", method=method,
-        concatenate=True, adjust_chunks={"i": group_chunks}, dtype=object,
-        meta=np.empty((0,), object), name=f"collapse-probe-{method}-{token}")
-    return values, kept
-
-
-def _collapse_chunk(block, is_start, *, method, out_dtype):
-    return _collapse_block(np.asarray(block), np.flatnonzero(is_start), method, out_dtype)
-
-
-def _probe_chunk(block, is_start, names, *, method):
-    chosen = _select(np.asarray(block), np.flatnonzero(is_start), method)
-    return _probe_names(chosen, np.arange(names.size), np.asarray(names, dtype=object))
-
-
-def _probe_names(chosen, perm, probe_ids) -> np.ndarray:
-    names = probe_ids[perm[np.maximum(chosen, 0)]].astype(object)
-    names[chosen < 0] = ""
-    return names
-
-
-def _collapse_block(y: np.ndarray, starts: np.ndarray, method: str, out_dtype) -> np.ndarray:
-    """Rows of ``y`` grouped in runs beginning at ``starts`` -> one row per run."""
-    if method == "mean":
-        y64 = y.astype(np.float64)
-        present = ~np.isnan(y64)
-        sums = np.add.reduceat(np.where(present, y64, 0.0), starts, axis=0)
-        n = np.add.reduceat(present.astype(np.int64), starts, axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(n > 0, sums / n, np.nan).astype(out_dtype)
-    chosen = _select(y, starts, method)
-    out = y[np.maximum(chosen, 0)].astype(out_dtype)
-    out[chosen < 0] = np.nan
-    return out
-
-
-def _select(y: np.ndarray, starts: np.ndarray, method: str) -> np.ndarray:
-    """Per run, the row with the largest mean (or variance, ddof 1) of its non-missing values;
-    undefined statistics rank last, all-NaN rows never win (-1 when a run has only those);
-    ties go to the first row."""
-    y64 = y.astype(np.float64)
-    present = ~np.isnan(y64)
-    n = present.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(present, y64, 0.0).sum(axis=1) / n
-        if method == "max_variance":
-            dev = np.where(present, y64 - mean[:, None], 0.0)
-            stat = (dev * dev).sum(axis=1) / (n - 1)
-            stat[n < 2] = np.nan
-        else:
-            stat = mean
-    rank_class = np.where(n == 0, 2, np.where(np.isnan(stat), 1, 0))
-    group = np.repeat(np.arange(starts.size), np.diff(np.append(starts, y.shape[0])))
-    position = np.arange(y.shape[0])
-    order = np.lexsort((position, -np.where(rank_class == 0, stat, 0.0), rank_class, group))
-    chosen = order[starts]
-    return np.where(rank_class[chosen] == 2, -1, chosen)
