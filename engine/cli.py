@@ -1,4 +1,4 @@
-"""The ``cohort`` command: ingest, info, run, demo."""
+"""The ``cohort`` command: ingest, info, preprocess, run, demo."""
 
 from __future__ import annotations
 
@@ -99,6 +99,24 @@ def cmd_run(a) -> None:
     _run(Path(a.job), a)
 
 
+def cmd_preprocess(a) -> None:
+    from engine.cluster import dask_client
+    from engine.jobs import load_job
+    from engine.jobs.runner import computer, prepare_job
+
+    job = load_job(a.job)
+    if not job.preprocess:
+        raise InputError(f"job {a.job} has no preprocess steps")
+    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads) as client:
+        prepared = prepare_job(job, computer(client, show_progress=True))
+    for variant, p in prepared.items():
+        print(f"{variant or 'main'}: {p.path} ({'reused' if p.reused else 'written'})")
+        for i, r in enumerate(p.records, 1):
+            shown = {k: v for k, v in r.items() if k not in ("step", "options", "table")}
+            print(f"  {i}. {r['step']} {r['options']}" + (f" -> {shown}" if shown else ""))
+    _print_info(prepared[""].path, brief=True)
+
+
 def cmd_demo(a) -> None:
     from engine.datasets import demo_job, ingest_all
 
@@ -161,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="job YAML (see schemas/job.schema.json)")
     _cluster_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("preprocess", help="make (or reuse) the derived store of a job's "
+                                          "preprocess steps without running its analyses")
+    p.add_argument("job", help="job YAML with preprocess steps")
+    _cluster_options(p)
+    p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("demo", help="ingest the bundled ALL cohort and run jobs/demo.yaml on it")
     p.add_argument("-o", "--output", default="cohort-demo", help="demo folder (default ./cohort-demo)")

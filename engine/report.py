@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 
 import pandas as pd
 
@@ -54,10 +55,29 @@ def _analysis_section(name: str, spec: dict, table: pd.DataFrame) -> str:
     )
 
 
+def _preprocess_section(record: dict) -> str:
+    """The preprocessing steps of each variant, with what they dropped."""
+    if not record:
+        return ""
+    items = []
+    for variant, r in record.items():
+        steps = []
+        for step in r["steps"]:
+            shown = {k: v for k, v in step.items() if k not in ("step", "options")}
+            steps.append(f"<li><code>{html.escape(step['step'])}</code> "
+                         f"{html.escape(json.dumps(step['options']))}"
+                         + (f": {html.escape(json.dumps(shown))}" if shown else "") + "</li>")
+        items.append(f"<h3>{html.escape(variant)}: {r['genes']} genes x {r['samples']} samples"
+                     f"{' (reused)' if r['reused'] else ''}</h3><p>Derived store <code>"
+                     f"{html.escape(r['derived_store'])}</code></p><ol>{''.join(steps)}</ol>")
+    return "<h2>Preprocessing</h2>" + "".join(items)
+
+
 def render_report(job: dict, cohort: dict, tables: dict[str, pd.DataFrame], provenance: dict) -> str:
     """The page: the job, the cohort, each analysis with its top genes, and provenance."""
     specs = {a["name"]: a for a in job["analyses"]}
-    sections = "".join(_analysis_section(n, specs[n], t) for n, t in tables.items())
+    sections = "".join(_analysis_section(n, specs.get(n) or specs[n.rsplit(".", 1)[0]], t)
+                       for n, t in tables.items())
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>cohort-engine report</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto;color:#222}}
@@ -69,6 +89,7 @@ samples, scale {html.escape(cohort['scale'])}. Seed {job['seed']}. Wall time
 {provenance['wall_time_s']:.1f} s on {provenance['cluster']['workers']} workers
 ({provenance['cluster']['threads']} threads). Engine {html.escape(provenance['engine_version'])}.
 Top {TOP} rows per analysis by p-value.</p>
+{_preprocess_section(provenance.get("preprocess") or {})}
 {sections}
 <h2>Provenance</h2><pre>{html.escape(pd.Series(provenance['inputs']).to_string())}</pre>
 </body></html>

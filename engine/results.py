@@ -19,7 +19,8 @@ import xarray as xr
 INTEGER_COLUMNS = {"n", "n_case", "n_control", "n_events", "df_residual", "converged",
                    "separated", "df_num", "n_risk", "n_event", "n_censor", "size",
                    "size_in_library", "size_mapped", "overlap", "n_permutations",
-                   "n_selected", "n_universe", "consensus_class", "class_at_k", "n_boot"}
+                   "n_selected", "n_universe", "consensus_class", "class_at_k", "n_boot",
+                   "cooks_outlier", "refitted"}
 FEATURE_DIMS = ("gene", "gene_set", "feature")
 SCORE_DIMS = ("gene_set", "sample")  # single-sample scores: written wide, as GSVA returns them
 
@@ -116,6 +117,7 @@ def result_table(result: xr.Dataset, annotations: pd.DataFrame) -> pd.DataFrame:
 
 def write_table(table: pd.DataFrame, directory: Path, name: str) -> list[Path]:
     """``<name>.tsv`` (full precision, NA for missing) and ``<name>.parquet``."""
+    directory.mkdir(parents=True, exist_ok=True)
     tsv, parquet = directory / f"{name}.tsv", directory / f"{name}.parquet"
     table.to_csv(tsv, sep="\t", index=False, na_rep="NA", float_format="%.17g")
     table.to_parquet(parquet, index=False)

@@ -33,7 +33,8 @@ def write_job(tmp_path: Path, store, analyses: str, extra: str = "", seed: int =
 
 def read_table(out: Path, name: str) -> pd.DataFrame:
     """A result table as written (``NA`` = missing; other text such as "NaN" stays text)."""
-    return pd.read_csv(out / f"{name}.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
+    return pd.read_csv(out / f"{name}.tsv", sep="\t", keep_default_na=False, na_values=["NA"],
+                       float_precision="round_trip")  # exact on pandas 2 too
 
 
 def write_cohort_files(directory: Path, n_genes: int = 40, n_per_group: int = 4, seed: int = 0,

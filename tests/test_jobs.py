@@ -57,9 +57,9 @@ def test_relative_paths_are_relative_to_the_job_file(job_dir):
 
 
 @pytest.mark.parametrize("body, message", [
-    ("cohort: c.zarr\noutput: o\ncolour: red\n" + ANALYSES, r"colour: unknown key \(allowed here: cohort, output, seed, analyses, families\)"),
+    ("cohort: c.zarr\noutput: o\ncolour: red\n" + ANALYSES, r"colour: unknown key \(allowed here: cohort, output, seed, preprocess, derived, analyses, families, gene_lists\)"),
     ("cohort: c.zarr\noutput: o\n" + ANALYSES.replace("pair_by: patient", "pair: patient"),
-     r"analyses.1.pair: unknown key \(allowed here: name, .*test, group, case, control, pair_by"),
+     r"analyses.1.pair: unknown key \(allowed here: .*name, .*test, group, case, control, pair_by"),
     ("cohort: c.zarr\noutput: o\n" + ANALYSES.replace("test: welch", "test: welsh"),
      r"analyses.0: unknown test 'welsh' \(choose from welch, .*limma, ols"),
     ("output: o\n" + ANALYSES, r"cohort: required key is missing"),

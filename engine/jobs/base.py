@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 AdjustMethod = Literal["BH", "BY", "bonferroni", "holm", "hochberg", "qvalue"]
 
@@ -28,7 +28,29 @@ Label = Annotated[str | int | float, BeforeValidator(_not_boolean),
                   Field(description="a value of the group annotation")]
 
 
-class Analysis(Strict):
+class SampleFilter(Strict):
+    """Which samples an analysis (or the select_samples step) keeps."""
+
+    where: str | None = Field(
+        default=None, description="condition over sample annotations, pandas query syntax: "
+        "\"response in ['CR', 'NR']\", \"age >= 18 and sex == 'F'\"")
+    ids: list[str] | None = Field(default=None, min_length=1,
+                                  description="sample IDs to keep (with where: both must hold)")
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.where is None and self.ids is None:
+            raise ValueError("give where (a condition over sample annotations) or ids")
+        return self
+
+
+class Subset(Strict):
+    samples: SampleFilter | None = Field(
+        default=None, description="analyse only these samples, e.g. {where: \"response in "
+                                  "['CR', 'NR']\"} (the others are left out of this analysis)")
+
+
+class Analysis(Subset):
     """Keys every analysis has."""
 
     name: str = Field(pattern=NAME_PATTERN,

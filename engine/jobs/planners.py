@@ -12,6 +12,7 @@ from engine.resample.statistic_bootstrap import bootstrap_options
 from engine.stats.ancova import ancova
 from engine.stats.correlation import correlation
 from engine.stats.cox import cox
+from engine.stats.deseq2 import deseq2
 from engine.stats.limma import formula_model, limma, ols, two_group_model
 from engine.stats.logistic import logistic
 from engine.stats.per_gene import two_group_test
@@ -80,11 +81,19 @@ def _kaplan_meier(a: spec.KaplanMeierAnalysis, ds: xr.Dataset, ctx: Context) -> 
                         confidence=a.confidence)
 
 
+def _deseq2(a: spec.Deseq2Analysis, ds: xr.Dataset, ctx: Context) -> xr.Dataset:
+    return deseq2(ds, variable=a.variable, group=a.group, case=a.case, control=a.control,
+                  design=a.design, alpha=a.alpha, cooks_cutoff=a.cooks_cutoff,
+                  independent_filtering=a.independent_filtering, fit_type=a.fit_type,
+                  adjust_method=a.adjust, size_factors=a.size_factors)
+
+
 PLANNERS = {**SET_PLANNERS, spec.TwoGroupAnalysis: _two_group,
             spec.LinearModelAnalysis: _linear_model,
             spec.AncovaAnalysis: _ancova, spec.CorrelationAnalysis: _correlation,
             spec.LogisticAnalysis: _logistic, spec.CoxAnalysis: _cox,
-            spec.KaplanMeierAnalysis: _kaplan_meier, spec.ConsensusAnalysis: plan_consensus}
+            spec.KaplanMeierAnalysis: _kaplan_meier, spec.ConsensusAnalysis: plan_consensus,
+            spec.Deseq2Analysis: _deseq2}
 
 
 def plan_analysis(analysis: spec.Strict, ds: xr.Dataset, ctx: Context | None = None

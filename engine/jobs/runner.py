@@ -27,7 +27,10 @@ from engine.errors import InputError
 from engine.fsutil import atomic_directory, sha256_file
 from engine.jobs.spec import Job
 from engine.report import render_report
+from engine.jobs.gene_lists import gene_list_table
 from engine.jobs.planners import plan_analysis
+from engine.preprocess.designs import select_samples
+from engine.preprocess.pipeline import Prepared, prepare
 from engine.jobs.set_planners import Context
 from engine.results import gene_annotations, result_tables, write_table
 from engine.stats import multitest
@@ -38,12 +41,16 @@ DEPENDENCIES = ["dask", "distributed", "xarray", "zarr", "numpy", "scipy", "stat
 
 
 def plan_job(job: Job, cohort: xr.Dataset | None = None) -> dict[str, xr.Dataset]:
-    """Lazy result Dataset of every analysis, by name. Validates labels; computes nothing.
+    """Lazy result Dataset of every analysis, by name. Validates labels; computes nothing
+    on the cohort given (without one, a job with ``preprocess`` steps first makes or reuses
+    its derived store, which computes).
 
     Analyses are planned in order: a score analysis's (gene_set, sample) matrix becomes a
-    variable, under the analysis's name, that later analyses can test like any other.
+    variable, under the analysis's name, that later analyses can test like any other. An
+    analysis with ``samples:`` sees only the samples it selects.
     """
-    cohort = open_cohort(job.cohort) if cohort is None else cohort
+    if cohort is None:
+        cohort = prepare_job(job)[""].cohort if job.preprocess else open_cohort(job.cohort)
     planned: dict[str, xr.Dataset] = {}
     ctx = Context(job.seed, planned)
     for a in job.analyses:
@@ -57,6 +64,8 @@ def plan_job(job: Job, cohort: xr.Dataset | None = None) -> dict[str, xr.Dataset
                                  "cohort; rename the analysis")
             ds = cohort.assign({a.variable: planned[a.variable]["score"].reset_coords(drop=True)})
         try:
+            if a.samples is not None:
+                ds = select_samples(ds, where=a.samples.where, ids=a.samples.ids)
             planned[a.name] = plan_analysis(a, ds, ctx)
         except InputError as e:
             raise InputError(f"analysis {a.name!r}: {e}") from None
@@ -123,6 +132,45 @@ def _inputs(job: Job, job_file: Path | None, cohort: xr.Dataset) -> dict:
     return inputs
 
 
+def prepare_job(job: Job, compute=None) -> dict[str, Prepared]:
+    """The job's preprocessed cohort(s), made or reused (README: Preprocessing)."""
+    kwargs = {} if compute is None else {"compute": compute}
+    return prepare(job.cohort, job.preprocess, seed=job.seed, derived=job.derived, **kwargs)
+
+
+def computer(client: Client, show_progress: bool):
+    """Compute lazy objects on ``client`` (progress bar on the CLI); on failure, cancel and
+    wait for running tasks so none writes into a temporary directory after it is removed."""
+    def compute(*objects):
+        futures = client.compute(list(objects))
+        try:
+            if show_progress:
+                progress(futures)
+                print(file=sys.stderr)
+            return client.gather(futures)
+        except BaseException:
+            client.cancel(futures)
+            _wait_until_idle(client)
+            raise
+    return compute
+
+
+def _record_tables(prepared: dict[str, Prepared]) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Provenance of the preprocessing, and the tables some steps made (PCA scores, QC)."""
+    record, tables = {}, {}
+    for variant, p in prepared.items():
+        steps = []
+        for i, r in enumerate(p.records, 1):
+            if "table" in r:
+                suffix = f".{variant}" if variant else ""
+                tables[f"preprocess.{i}.{r['step']}{suffix}"] = pd.DataFrame(r["table"])
+            steps.append({k: v for k, v in r.items() if k != "table"})
+        record[variant or "main"] = {"derived_store": str(p.path), "reused": p.reused,
+                                     "genes": p.cohort.sizes["gene"],
+                                     "samples": p.cohort.sizes["sample"], "steps": steps}
+    return record, tables
+
+
 def run_job(job: Job, client: Client, *, job_file: Path | None = None,
             show_progress: bool = False) -> Path:
     """Run ``job`` on ``client``; return the results directory. See README: Results."""
@@ -130,25 +178,25 @@ def run_job(job: Job, client: Client, *, job_file: Path | None = None,
 
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.perf_counter()
-    cohort = open_cohort(job.cohort)
-    planned = plan_job(job, cohort)
+    compute = computer(client, show_progress)
+    raw = open_cohort(job.cohort)
     _check_output(job.output)
+    if job.preprocess:
+        prepared = prepare_job(job, compute)
+        variants = {v: p.cohort for v, p in prepared.items()}
+    else:
+        prepared, variants = {}, {"": raw}
+    cohort = variants[""]
+    planned = {}
+    for variant, ds in variants.items():
+        for name, result in plan_job(job, ds).items():
+            planned[f"{name}.{variant}" if variant else name] = result
     with atomic_directory(job.output, overwrite=True) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         store = tmp / "results.zarr"
         zarr.open_group(store, mode="w", zarr_format=3).attrs["job"] = job.model_dump(mode="json")
-        writes = [result.to_zarr(store, group=name, mode="w", zarr_format=3, compute=False,
-                                 consolidated=False) for name, result in planned.items()]
-        futures = client.compute(writes)
-        try:
-            if show_progress:
-                progress(futures)
-                print(file=sys.stderr)
-            client.gather(futures)
-        except BaseException:
-            client.cancel(futures)
-            _wait_until_idle(client)
-            raise
+        compute(*[result.to_zarr(store, group=name, mode="w", zarr_format=3, compute=False,
+                                 consolidated=False) for name, result in planned.items()])
         zarr.consolidate_metadata(store)
 
         annotations = gene_annotations(cohort)
@@ -162,15 +210,23 @@ def run_job(job: Job, client: Client, *, job_file: Path | None = None,
                 else:
                     tables[name] = table
         multiple_testing = adjust_families(job, tables)
-        for name, table in {**tables, **extra_tables}.items():
+        preprocessing, step_tables = _record_tables(prepared)
+        for name, table in {**tables, **extra_tables, **step_tables}.items():
             write_table(table, tmp, name)
+        lists = {}
+        for g in job.gene_lists:
+            table = gene_list_table(g, tables)
+            write_table(table, tmp / "gene_lists", g.name)
+            lists[g.name] = len(table)
         provenance = {
             "engine_version": __version__,
             "versions": _versions(),
             "job": job.model_dump(mode="json"),
             "seed": job.seed,
+            "preprocess": preprocessing,
             "multiple_testing": multiple_testing,
-            "inputs": _inputs(job, job_file, cohort),
+            "gene_lists": lists,
+            "inputs": _inputs(job, job_file, raw),
             "started_at": started.isoformat(timespec="seconds"),
             "wall_time_s": round(time.perf_counter() - t0, 3),
             "cluster": describe(client),

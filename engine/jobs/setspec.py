@@ -7,14 +7,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from engine.jobs.base import NAME_PATTERN, AdjustMethod, Label, Strict
+from engine.jobs.base import NAME_PATTERN, AdjustMethod, Label, Strict, Subset
 
 SCORE_TESTS = ("ssgsea", "gsva", "zscore", "plage", "signature_score")
 RANKING_METRICS = ("signal_to_noise", "t_test", "diff_of_classes", "ratio_of_classes",
                    "log2_ratio_of_classes")
 
 
-class GeneSetOptions(Strict):
+class GeneSetOptions(Subset):
     """Which gene sets, and how their members are found among the cohort's genes."""
 
     name: str = Field(pattern=NAME_PATTERN, description="analysis name; also the table's name")

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.errors import InputError
 from engine.jobs.base import (NAME_PATTERN, AdjustMethod, Analysis, Bootstrap, Confidence, Label,
-                              Strict)
+                              Strict, Subset)
 from engine.jobs.clusterspec import ConsensusAnalysis
+from engine.jobs.gene_lists import GeneList, check_gene_lists
+from engine.jobs.prepspec import Step, check_steps
 from engine.jobs.setspec import (SET_ANALYSES, GseaPhenotypeAnalysis, GseaPrerankedAnalysis,
                                  OraAnalysis, ScoreAnalysis, check_references)
 
@@ -158,7 +160,7 @@ class CoxAnalysis(Analysis, SurvivalOutcome):
                                         "event and covariates)")
 
 
-class KaplanMeierAnalysis(SurvivalOutcome):
+class KaplanMeierAnalysis(SurvivalOutcome, Subset):
     """Kaplan-Meier curves by group with the log-rank test."""
 
     name: str = Field(pattern=NAME_PATTERN, description="analysis name; also the table's name")
@@ -216,12 +218,35 @@ class LogisticAnalysis(Analysis):
                                         "odds ratio (resampling samples)")
 
 
+class Deseq2Analysis(Analysis):
+    """DESeq2's negative-binomial GLM per gene on integer counts (Wald test of case vs
+    control), with DESeq2's dispersion shrinkage, Cook's outliers and independent filtering."""
+
+    test: Literal["deseq2"]
+    variable: str = Field(default="counts", description="the integer count variable")
+    group: str = Field(description="sample annotation that defines the two groups")
+    case: Label
+    control: Label
+    design: str | None = Field(default=None, description="full design formula containing "
+                               "the group, e.g. '~ patient + condition' (default ~ group)")
+    alpha: float = Field(default=0.1, gt=0, lt=1, description="FDR target of independent "
+                                                              "filtering (results(alpha=))")
+    cooks_cutoff: bool = Field(default=True, description="NA p-values for genes with a Cook's "
+                                                         "distance outlier")
+    independent_filtering: bool = Field(default=True, description="filter genes of low mean "
+                                        "count to maximise discoveries at alpha")
+    fit_type: Literal["parametric", "mean"] = Field(default="parametric", description=
+                                                    "dispersion trend")
+    size_factors: Literal["ratio", "poscounts"] = Field(default="ratio", description="DESeq2 "
+                                                        "size factor estimator")
+
+
 ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis, CorrelationAnalysis,
-            LogisticAnalysis, CoxAnalysis, KaplanMeierAnalysis, *SET_ANALYSES, ConsensusAnalysis)
+            LogisticAnalysis, CoxAnalysis, KaplanMeierAnalysis, *SET_ANALYSES, ConsensusAnalysis, Deseq2Analysis)
 AnyAnalysis = Annotated[TwoGroupAnalysis | LinearModelAnalysis | AncovaAnalysis
                         | CorrelationAnalysis | LogisticAnalysis | CoxAnalysis
                         | KaplanMeierAnalysis | ScoreAnalysis | GseaPrerankedAnalysis
-                        | GseaPhenotypeAnalysis | OraAnalysis | ConsensusAnalysis,
+                        | GseaPhenotypeAnalysis | OraAnalysis | ConsensusAnalysis | Deseq2Analysis,
                         Field(discriminator="test")]
 
 
@@ -247,10 +272,23 @@ class Job(Strict):
     cohort: Path = Field(description="cohort store (.zarr); relative to the job file")
     output: Path = Field(description="results directory; relative to the job file")
     seed: int = Field(default=0, ge=0, description="seed of every random draw in the job")
+    preprocess: list[Step] = Field(
+        default_factory=list, description="steps applied in order before the analyses; the "
+        "result is written once as a derived cohort store and reused (README: Preprocessing)")
+    derived: Path | None = Field(
+        default=None, description="folder of the derived (preprocessed) stores; default: "
+                                  "<cohort>/derived; relative to the job file")
     analyses: list[AnyAnalysis] = Field(min_length=1)
     families: list[Family] = Field(
         default_factory=list,
         description="families of tests across analyses: adds p_adj_family to their main tables")
+    gene_lists: list[GeneList] = Field(
+        default_factory=list, description="set algebra of result lists (up in A and down in B)")
+
+    @field_validator("preprocess", mode="before")
+    @classmethod
+    def _steps(cls, raw):
+        return check_steps(raw)
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -269,6 +307,7 @@ class Job(Strict):
                     raise ValueError(f"analysis {a!r} is in two families ({seen[a]!r} and "
                                      f"{family.name!r}); an analysis belongs to one family")
                 seen[a] = family.name
+        check_gene_lists(self.gene_lists, names)
         return self
 
 
@@ -314,8 +353,10 @@ def load_job(path: str | Path) -> Job:
         raise InputError(_format_errors(e, str(path))) from None
     base = path.absolute().parent
     analyses = [_relative_files(a, base) for a in job.analyses]
-    return job.model_copy(update={"cohort": base / job.cohort, "output": base / job.output,
-                                  "analyses": analyses})
+    update = {"cohort": base / job.cohort, "output": base / job.output, "analyses": analyses}
+    if job.derived is not None:
+        update["derived"] = base / job.derived
+    return job.model_copy(update=update)
 
 
 def _relative_files(analysis, base: Path):

@@ -27,7 +27,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import is_dask_collection, tokenize
-from dask.graph_manipulation import bind
+from dask._task_spec import Task, TaskRef, convert_legacy_graph
+from dask.core import flatten
+from dask.highlevelgraph import HighLevelGraph
 
 from engine.errors import InputError
 from engine.stats import features
@@ -408,16 +410,45 @@ def per_gene(x: xr.DataArray, data, description: str) -> xr.DataArray:
 
 
 def second_pass(data: da.Array, *after) -> da.Array:
-    """``data`` read (computed) again once the lazy values among ``after`` are computed.
+    """``data`` computed again (its chunks read again) once the lazy values among ``after``
+    are computed: a copy of its graph under new keys whose first tasks wait for ``after``.
 
-    A pass over the matrix that needs a global step of an earlier pass (a target, sample
-    factors) would otherwise share the earlier pass's chunks, which the scheduler then holds
-    in memory until the global step is done: the whole matrix. A clone whose first tasks wait
-    for ``after`` (``dask.graph_manipulation.bind``) reads each chunk twice instead and keeps
-    memory at a few chunks. Without a lazy value in ``after``, ``data`` itself.
+    A pass that needs a global step of an earlier pass (the size factors, the dispersion
+    trend) would otherwise share the earlier pass's chunks, which the scheduler then holds
+    until the global step is done: the whole matrix. This is what
+    ``transforms.second_pass`` does with ``dask.graph_manipulation.bind``, which in dask
+    2026.8 leaves the keys inside ``getitem`` tasks and aliases unrenamed (the graph of an
+    array indexed along genes or samples, e.g. ``ds.isel(sample=...)``, then misses a
+    dependency at compute time); here the graph is copied node by node with
+    ``GraphNode.substitute``. Without a lazy value in ``after``, ``data`` itself.
     """
     lazy = [a for a in after if is_dask_collection(a)]
-    return bind(data, lazy) if lazy else data
+    if not lazy:
+        return data
+    token = tokenize(data, *lazy)
+
+    def renamed(key):
+        if isinstance(key, tuple):
+            return (f"{key[0]}-again-{token}", *key[1:])
+        return f"{key}-again-{token}"
+
+    graph = convert_legacy_graph(dict(data.__dask_graph__()))
+    subs = {key: renamed(key) for key in graph}
+    waits = [TaskRef(key) for a in lazy for key in flatten(a.__dask_keys__())]
+    copied = {}
+    for key, node in graph.items():
+        node = node.substitute(subs, key=subs[key])
+        if not node.dependencies:  # a first task (a read, or the data it reads from)
+            inner = node.substitute({}, key=renamed(subs[key]))
+            node = Task(subs[key], _after, inner, *waits)
+        copied[subs[key]] = node
+    name = renamed(data.name)
+    layers = HighLevelGraph.from_collections(name, copied, dependencies=lazy)
+    return da.Array(layers, name, data.chunks, meta=data._meta)
+
+
+def _after(value, *_):
+    return value
 
 
 def as_delayed(x: da.Array):

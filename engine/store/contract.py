@@ -14,7 +14,7 @@ import xarray as xr
 
 from engine.errors import InputError
 
-SCALES = ("log2", "linear", "counts")
+SCALES = ("log2", "linear", "counts", "zscore")
 
 COHORT_STORE = {
     "title": "cohort-engine cohort store",
