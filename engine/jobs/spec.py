@@ -240,6 +240,13 @@ class Deseq2Analysis(Analysis):
     size_factors: Literal["ratio", "poscounts"] = Field(default="ratio", description="DESeq2 "
                                                         "size factor estimator")
 
+    @model_validator(mode="after")
+    def _genes_only(self):
+        if self.features is not None:
+            raise ValueError("deseq2 models the genes' counts; features (sample annotations) "
+                             "are for the other tests")
+        return self
+
 
 ANALYSES = (TwoGroupAnalysis, LinearModelAnalysis, AncovaAnalysis, CorrelationAnalysis,
             LogisticAnalysis, CoxAnalysis, KaplanMeierAnalysis, *SET_ANALYSES, ConsensusAnalysis, Deseq2Analysis)
