@@ -416,7 +416,7 @@ def test_refuses_non_count_scale():
 def test_nb_logpmf_matches_scipy_and_mpmath():
     """R's dnbinom(log = TRUE): scipy where its log-gamma differences are accurate, mpmath (50
     digits) everywhere, down to alpha = 1e-12 (the Poisson limit)."""
-    mpmath = pytest.importorskip("mpmath")
+    import mpmath  # a test dependency (pyproject extra "test")
     mpmath.mp.dps = 50
     y = np.array([0, 1, 3, 10, 250, 4000.0])
 
