@@ -37,6 +37,20 @@ def read_table(out: Path, name: str) -> pd.DataFrame:
                        float_precision="round_trip")  # exact on pandas 2 too
 
 
+def lazy_matrix(values, chunks=None, genes=None, samples=None):
+    """``values`` as a (gene, sample) DataArray on Dask, ``chunks`` genes per chunk (default
+    one chunk), genes g0.. and samples s0.. unless given."""
+    import dask.array as da
+    import xarray as xr
+
+    values = np.asarray(values)
+    g, n = values.shape
+    return xr.DataArray(
+        da.from_array(values, chunks=(chunks or max(g, 1), -1)), dims=("gene", "sample"),
+        coords={"gene": genes if genes is not None else [f"g{i}" for i in range(g)],
+                "sample": samples if samples is not None else [f"s{j}" for j in range(n)]})
+
+
 def write_cohort_files(directory: Path, n_genes: int = 40, n_per_group: int = 4, seed: int = 0,
                        sep: str = "\t", suffix: str = ".tsv") -> dict[str, Path]:
     """A small two-group cohort with a pairing, ties and a few NaN: matrix, sheet, gene table."""

@@ -21,6 +21,8 @@ from engine.errors import InputError
 from engine.preprocess import transforms as tr
 from engine.store import open_cohort
 
+from conftest import lazy_matrix as matrix
+
 REF = Path(__file__).parent / "data" / "r_reference" / "normalize"
 
 
@@ -28,16 +30,6 @@ def read_ref(name: str) -> pd.DataFrame:
     d = pd.read_csv(REF / name, sep="\t", dtype={0: str}, keep_default_na=False,
                     na_values=["NA"])
     return d.set_index(d.columns[0])
-
-
-def matrix(values, chunks=None, genes=None, samples=None) -> xr.DataArray:
-    values = np.asarray(values)
-    g, n = values.shape
-    data = da.from_array(values, chunks=(chunks or max(g, 1), -1))
-    return xr.DataArray(data, dims=("gene", "sample"),
-                        coords={"gene": genes if genes is not None else [f"g{i}" for i in range(g)],
-                                "sample": samples if samples is not None
-                                else [f"s{j}" for j in range(n)]})
 
 
 def read_target(name: str) -> np.ndarray:

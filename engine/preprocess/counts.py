@@ -52,6 +52,7 @@ __all__ = [
     "calc_factor_tmm",
     "calc_factor_tmmwsp",
     "calc_norm_factors",
+    "count_variable",
     "cpm",
     "cpm_block",
     "filter_by_expr",
@@ -318,6 +319,31 @@ def filter_by_expr_block(y, lib_size, *, min_size: float, min_count: float = 10,
 
 
 # -- lazy API ----------------------------------------------------------------------------------
+
+def count_variable(ds: xr.Dataset, variable: str = "counts", what: str = "this step"
+                   ) -> xr.DataArray:
+    """The (gene, sample) count variable of a cohort; ``expression`` stands in for a missing
+    ``counts`` when the store was ingested with ``--scale counts``. ``what`` (the step or the
+    test) names the reader in the one error raised otherwise."""
+    if variable not in ds and variable == "counts" and "expression" in ds \
+            and ds["expression"].attrs.get("scale") == "counts":
+        variable = "expression"
+    if variable not in ds or ds[variable].dims != ("gene", "sample"):
+        names = sorted(n for n, v in ds.data_vars.items() if v.dims == ("gene", "sample"))
+        scale = ds["expression"].attrs.get("scale") if "expression" in ds else None
+        raise InputError(f"{what} needs counts: {variable!r} is not a (gene, sample) count "
+                         f"variable of the cohort (available: {preview(names, 10)}; expression "
+                         f"scale {scale!r}); ingest the counts with `cohort ingest ... --scale "
+                         "counts`, which stores them in 'counts'")
+    counts = ds[variable]
+    scale = counts.attrs.get("scale")
+    if scale is not None and scale != "counts":
+        raise InputError(f"{what} models counts, but {variable!r} has scale {scale!r}; give the "
+                         "raw count variable (ingest with --scale counts)")
+    if counts.dtype.kind not in "iuf":
+        raise InputError(f"{what}: {variable!r} is not numeric (dtype {counts.dtype})")
+    return counts
+
 
 def library_sizes(counts: xr.DataArray) -> xr.DataArray:
     """Lazy column sums of the counts (edgeR ``colSums``, the default ``lib.size``), float64

@@ -53,13 +53,7 @@ class State:
 
 
 def _counts(ds: xr.Dataset, step: str) -> xr.DataArray:
-    if "counts" in ds:
-        return ds["counts"]
-    if ds["expression"].attrs.get("scale") == "counts":
-        return ds["expression"]
-    raise InputError(f"step {step!r} needs counts: the cohort has no `counts` variable and its "
-                     f"expression scale is {ds['expression'].attrs.get('scale')!r} (ingest "
-                     "the counts with `cohort ingest ... --scale counts`)")
+    return cnt.count_variable(ds, "counts", f"step {step!r}")
 
 
 def _expression(ds: xr.Dataset, values: xr.DataArray, scale: str, **sample_vars) -> xr.Dataset:
@@ -273,8 +267,6 @@ def write_derived(ds: xr.Dataset, path: Path, attrs: dict,
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         compute(ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False,
                            encoding=encoding))
-        root = zarr.open_group(tmp, mode="r+", zarr_format=3)
-        root["expression"].attrs.update(ds["expression"].attrs)
         zarr.consolidate_metadata(tmp)
     return path
 

@@ -53,6 +53,7 @@ from scipy import stats
 
 from engine.errors import InputError, preview
 from engine.preprocess.size_factors import METHODS as SIZE_FACTOR_METHODS
+from engine.preprocess.counts import count_variable
 from engine.preprocess.size_factors import size_factors_matrix
 from engine.preprocess.transforms import second_pass
 from engine.preprocess.size_factors import size_factors as lazy_size_factors
@@ -417,27 +418,6 @@ def independent_filtering(filter_stat, p, *, alpha: float = 0.1, method: str = "
 
 # -- the lazy graph -------------------------------------------------------------------------------
 
-def _counts_variable(ds: xr.Dataset, variable: str) -> xr.DataArray:
-    """The (gene, sample) count variable; ``expression`` stands in for a missing ``counts``
-    when the store was ingested with ``--scale counts``."""
-    if variable not in ds and variable == "counts" and "expression" in ds \
-            and ds["expression"].attrs.get("scale") == "counts":
-        variable = "expression"
-    if variable not in ds or ds[variable].dims != ("gene", "sample"):
-        names = sorted(n for n, v in ds.data_vars.items() if v.dims == ("gene", "sample"))
-        raise InputError(f"deseq2 needs a (gene, sample) count variable; {variable!r} is not one "
-                         f"(available: {preview(names, 10)}; a store ingested with --scale "
-                         "counts holds them in 'counts')")
-    counts = ds[variable]
-    scale = counts.attrs.get("scale")
-    if scale is not None and scale != "counts":
-        raise InputError(f"deseq2 models counts, but {variable!r} has scale {scale!r}; give the "
-                         "raw count variable (ingest with --scale counts)")
-    if counts.dtype.kind not in "iuf":
-        raise InputError(f"{variable!r} is not numeric (dtype {counts.dtype})")
-    return counts
-
-
 def _given_size_factors(value, ds: xr.Dataset, model: Model):
     """Size factors passed in: one positive number per sample of the cohort (or of the model);
     those of the model's samples, as numpy or (lazy) as a one-chunk Dask array."""
@@ -504,7 +484,7 @@ def deseq2(ds: xr.Dataset, *, variable: str = "counts", group: str, case, contro
     if adjust_method not in multitest.METHODS:
         raise InputError(f"adjust_method {adjust_method!r} is not one of "
                          f"{', '.join(multitest.METHODS)}")
-    counts = _counts_variable(ds, variable)
+    counts = count_variable(ds, variable, "deseq2")
     model = deseq2_model(ds, group=group, case=case, control=control, design=design)
     x, (m, p) = model.matrix, model.matrix.shape
     used = counts.isel(sample=model.samples)

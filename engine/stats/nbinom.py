@@ -117,18 +117,10 @@ def _quadratic(m: np.ndarray, x: np.ndarray, pairs=None) -> np.ndarray:
 
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Stacked solves of (genes, p, p) systems; NaN for a singular one."""
-    out = np.full(b.shape, np.nan)
-    ok = np.isfinite(a).all(axis=(1, 2)) & np.isfinite(b).all(axis=1)
-    if ok.any():
-        try:
-            out[ok] = np.linalg.solve(a[ok], b[ok][..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            for g in np.flatnonzero(ok):  # only when a system is singular: find which
-                try:
-                    out[g] = np.linalg.solve(a[g], b[g])
-                except np.linalg.LinAlgError:
-                    pass
+    """Stacked solves of (genes, p, p) systems with (genes, p) right-hand sides; NaN for a
+    singular or non-finite one."""
+    out = _solve_many(a, b[..., None])[..., 0]
+    out[~np.isfinite(b).all(axis=1)] = np.nan
     return out
 
 
