@@ -1,4 +1,4 @@
-"""The ``cohort`` command: ingest, info, preprocess, run, demo."""
+"""The ``cohort`` command: ingest, info, preprocess, run, sweep, query, status, schedule, demo."""
 
 from __future__ import annotations
 
@@ -143,6 +143,73 @@ def cmd_demo(a) -> None:
         print(top[shown].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
 
+def run_sweep_file(path: Path, a, *, strict: bool = False) -> int:
+    """Run a sweep file once (``cohort sweep``; each firing of ``cohort schedule``); returns
+    the exit status: 0, or 1 when a unit failed or was invalid."""
+    from engine.cluster import dask_client
+    from engine.sweep.run import run_sweep
+    from engine.sweep.spec import load_sweep
+
+    sweep, _ = load_sweep(path)
+    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads) as client:
+        result = run_sweep(sweep, client, sweep_file=path, show_progress=True, strict=strict)
+    counts = ", ".join(f"{result.count(s)} {s}" for s in
+                       ("computed", "skipped", "failed", "invalid", "retired"))
+    print(f"sweep {sweep.name} (run {result.run_id}): {counts}; {result.tasks} tasks")
+    for unit, error in result.errors.items():
+        print(f"  {result.status[unit]}: {unit}: {error.splitlines()[0]}", file=sys.stderr)
+    print(f"results: {sweep.output / 'dataset'}  (cohort query {sweep.output} --analysis NAME)")
+    print(f"ledger:  cohort status {sweep.output}")
+    return 0 if result.ok else 1
+
+
+def cmd_sweep(a) -> int:
+    if not a.check:
+        return run_sweep_file(Path(a.sweep), a, strict=a.strict)
+    from engine.sweep.run import check_sweep
+    from engine.sweep.spec import load_sweep
+
+    sweep, _ = load_sweep(a.sweep)
+    units = check_sweep(sweep, Path(a.sweep))
+    for u in units:
+        state = "invalid" if u.error else "skip (committed)" if u.skip else "compute"
+        print(f"{state:17} {u.id}")
+        if u.error:
+            print("    " + u.error.replace("\n", "\n    "))
+    bad = sum(u.error is not None for u in units)
+    todo = sum(u.error is None and not u.skip for u in units)
+    print(f"{len(units)} units: {todo} to compute, {len(units) - todo - bad} committed, "
+          f"{bad} invalid")
+    return 1 if bad else 0
+
+
+def cmd_query(a) -> None:
+    from engine.sweep.dataset import analyses, read_results
+
+    if a.analysis is None and not (a.gene or a.gene_set or a.max_p_adj is not None or a.where):
+        print("tables: " + ", ".join(analyses(Path(a.output))))
+        return
+    frame = read_results(Path(a.output), a.analysis, genes=a.gene, gene_sets=a.gene_set,
+                         max_p_adj=a.max_p_adj, where=a.where, columns=a.columns)
+    if a.sort:
+        frame = frame.sort_values(a.sort, kind="stable", na_position="last")
+    if a.out:
+        sep = "," if a.out.endswith(".csv") else "\t"
+        frame.to_csv(a.out, sep=sep, index=False, na_rep="NA")
+        print(f"{len(frame)} rows -> {a.out}", file=sys.stderr)
+    else:
+        frame.head(a.limit).to_csv(sys.stdout, sep="\t", index=False, na_rep="NA")
+        if len(frame) > a.limit:
+            print(f"... {len(frame) - a.limit} more rows (--limit N, or -o FILE.tsv)",
+                  file=sys.stderr)
+
+
+def cmd_status(a) -> None:
+    from engine.sweep.ledger import status_report
+
+    print(status_report(Path(a.output), as_json=a.json, run_id=a.run, all_runs=a.all))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine import __version__
 
@@ -186,6 +253,39 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_options(p)
     p.set_defaults(func=cmd_preprocess)
 
+    p = sub.add_parser("sweep", help="run a sweep file: a grid of jobs as one graph, "
+                                     "recomputing only what changed")
+    p.add_argument("sweep", help="sweep YAML (see schemas/sweep.schema.json)")
+    p.add_argument("--check", action="store_true",
+                   help="validate every unit and list what would be computed; compute nothing")
+    p.add_argument("--strict", action="store_true",
+                   help="run nothing if any unit is invalid (default: run the valid ones)")
+    _cluster_options(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("status", help="print the run ledger of a sweep output: its runs and units")
+    p.add_argument("output", help="output directory of a sweep (holds ledger.sqlite)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object {runs, units} with every column")
+    p.add_argument("--run", type=int, metavar="N", help="the units of run N (default: the latest)")
+    p.add_argument("--all", action="store_true", help="every run (default: the latest 10)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("query", help="read rows of a sweep's results dataset")
+    p.add_argument("output", help="the sweep's output folder")
+    p.add_argument("--analysis", help="the table (analysis) to read; without any option: "
+                                      "list the tables")
+    p.add_argument("--gene", action="append", help="gene ID or symbol (repeatable)")
+    p.add_argument("--gene-set", action="append", help="gene set name (repeatable)")
+    p.add_argument("--max-p-adj", type=float, metavar="Q", help="rows with p_adj <= Q")
+    p.add_argument("--where", metavar="EXPR",
+                   help="pandas query over any column, e.g. \"cohort == 'c1' and effect > 1\"")
+    p.add_argument("--columns", nargs="+", metavar="COL", help="columns to keep")
+    p.add_argument("--sort", metavar="COL", help="sort by this column (e.g. p_value)")
+    p.add_argument("--limit", type=int, default=50, help="rows printed (default 50)")
+    p.add_argument("-o", "--out", metavar="FILE", help="write all rows to a TSV/CSV file")
+    p.set_defaults(func=cmd_query)
+
     p = sub.add_parser("demo", help="ingest the bundled ALL cohort and run jobs/demo.yaml on it")
     p.add_argument("-o", "--output", default="cohort-demo", help="demo folder (default ./cohort-demo)")
     _cluster_options(p)
@@ -196,11 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

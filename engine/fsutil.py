@@ -13,6 +13,42 @@ from pathlib import Path
 from engine.errors import InputError
 
 
+def temporary_sibling(path: str | Path) -> Path:
+    """A new empty directory next to ``path`` (same filesystem, so renaming it is atomic),
+    hidden and marked ``.tmp-``; ``remove_stale_temporaries`` finds it if its writer dies."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    return tmp
+
+
+def commit_directory(tmp: Path, path: str | Path) -> None:
+    """Rename the complete directory ``tmp`` to ``path``, replacing an existing ``path``
+    (moved aside first, so ``path`` is never half old and half new)."""
+    path = Path(path).absolute()
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove what writers killed mid-way left in ``folder`` (``.*.tmp-*``, ``.*.old-*``).
+    Only for a folder the caller owns exclusively (e.g. under the sweep output lock)."""
+    removed = []
+    for p in sorted(Path(folder).glob(".*.tmp-*")) + sorted(Path(folder).glob(".*.old-*")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it to ``path`` only if the block succeeds.
@@ -23,21 +59,13 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists (remove it, choose another path, or use --overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_sibling(path)
     try:
-        tmp.mkdir()
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(path, old)
-        os.rename(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
+    commit_directory(tmp, path)
 
 
 def sha256_file(path: str | Path) -> str:

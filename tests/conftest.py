@@ -104,3 +104,68 @@ class CountingScheduler:
 def no_compute():
     """Within the block, any dask compute raises."""
     return lambda: dask.config.set(scheduler=CountingScheduler(0))
+
+
+SWEEP_TEMPLATE = """
+name: nightly
+output: {output}
+seed: 3
+axes:
+  cohort: {{c0: c0.zarr, c1: c1.zarr, c2: c2.zarr}}
+  contrast:
+    group: {{group: group, case: case, control: control}}
+    sex: {{group: sex, case: F, control: M}}
+  library: {{a: lib_a.gmt, b: lib_b.gmt}}
+  test: [welch, student]
+template:
+  analyses:
+    - name: de
+      test: ${{test}}
+      group: ${{contrast.group}}
+      case: ${{contrast.case}}
+      control: ${{contrast.control}}
+    - name: sets
+      test: gsea_preranked
+      ranking: {{analysis: de, column: statistic}}
+      gene_sets: ${{library}}
+      min_size: 5
+      permutations: 200
+"""
+
+
+def sweep_cohort_files(directory: Path, seed: int, n_genes: int = 120, n: int = 12,
+                       first: int = 0) -> tuple[Path, Path]:
+    """A matrix and sheet of ``n`` samples (``first``.. numbered) for sweep tests: groups
+    case/control (first half case, a quarter of the genes up by 2), sex F/M alternating."""
+    rng = np.random.default_rng([seed, first])
+    values = np.round(rng.normal(8, 1, (n_genes, n)), 3)
+    case = np.arange(first, first + n) % 12 < 6
+    values[: n_genes // 4, case] += 2.0
+    samples = [f"c{seed}s{j:03d}" for j in range(first, first + n)]
+    directory.mkdir(parents=True, exist_ok=True)
+    matrix = pd.DataFrame(values, columns=samples,
+                          index=pd.Index([f"G{i:03d}" for i in range(n_genes)], name="gene_id"))
+    sheet = pd.DataFrame({"sample_id": samples, "group": np.where(case, "case", "control"),
+                          "sex": ["F" if j % 2 else "M" for j in range(first, first + n)]})
+    matrix.to_csv(directory / f"m{first}.tsv", sep="\t")
+    sheet.to_csv(directory / f"s{first}.tsv", sep="\t", index=False)
+    return directory / f"m{first}.tsv", directory / f"s{first}.tsv"
+
+
+def write_sweep_inputs(root: Path, output: str = "out", n_cohorts: int = 3) -> Path:
+    """Cohorts c0..c2 (120 genes in chunks of 40, 12 samples), two gene-set libraries of six
+    random sets, and the 3 x 2 x 2 x 2 sweep file SWEEP_TEMPLATE; returns the sweep path."""
+    from engine.store import ingest
+
+    for c in range(n_cohorts):
+        matrix, sheet = sweep_cohort_files(root / f"src{c}", c)
+        ingest(matrix, sheet, root / f"c{c}.zarr", chunk_genes=40)
+    rng = np.random.default_rng(5)
+    for lib in ("lib_a", "lib_b"):
+        lines = ["\t".join([f"{lib}_set{k}", "na"] +
+                           [f"G{i:03d}" for i in rng.choice(120, 15, replace=False)])
+                 for k in range(6)]
+        (root / f"{lib}.gmt").write_text("\n".join(lines) + "\n")
+    path = root / "sweep.yaml"
+    path.write_text(SWEEP_TEMPLATE.format(output=output))
+    return path

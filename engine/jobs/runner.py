@@ -7,6 +7,7 @@ straight to Zarr, then derives the tables, report and provenance from what was w
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -14,6 +15,7 @@ import platform
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -171,37 +173,69 @@ def _record_tables(prepared: dict[str, Prepared]) -> tuple[dict, dict[str, pd.Da
     return record, tables
 
 
-def run_job(job: Job, client: Client, *, job_file: Path | None = None,
-            show_progress: bool = False) -> Path:
-    """Run ``job`` on ``client``; return the results directory. See README: Results."""
-    from engine import __version__
+@dataclass
+class PlannedJob:
+    """A job planned into lazy results, after its preprocessing was made or reused."""
 
-    started = datetime.datetime.now(datetime.UTC)
-    t0 = time.perf_counter()
-    compute = computer(client, show_progress)
+    job: Job
+    raw: xr.Dataset
+    prepared: dict[str, Prepared]
+    results: dict[str, xr.Dataset]  # by result name: the analysis, or "<analysis>.<variant>"
+
+    @property
+    def cohort(self) -> xr.Dataset:
+        """The cohort the main analyses ran on (the derived store if preprocessed)."""
+        return self.prepared[""].cohort if self.prepared else self.raw
+
+
+def plan_results(job: Job, compute) -> PlannedJob:
+    """Make or reuse the job's derived store(s) (this computes, with ``compute``), then plan
+    every analysis on every variant (this does not)."""
     raw = open_cohort(job.cohort)
-    _check_output(job.output)
     if job.preprocess:
         prepared = prepare_job(job, compute)
         variants = {v: p.cohort for v, p in prepared.items()}
     else:
         prepared, variants = {}, {"": raw}
-    cohort = variants[""]
-    planned = {}
+    results = {}
     for variant, ds in variants.items():
         for name, result in plan_job(job, ds).items():
-            planned[f"{name}.{variant}" if variant else name] = result
-    with atomic_directory(job.output, overwrite=True) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        store = tmp / "results.zarr"
-        zarr.open_group(store, mode="w", zarr_format=3).attrs["job"] = job.model_dump(mode="json")
-        compute(*[result.to_zarr(store, group=name, mode="w", zarr_format=3, compute=False,
-                                 consolidated=False) for name, result in planned.items()])
-        zarr.consolidate_metadata(store)
+            results[f"{name}.{variant}" if variant else name] = result
+    return PlannedJob(job, raw, prepared, results)
 
+
+@contextlib.contextmanager
+def _quiet_zarr():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        yield
+
+
+def zarr_writes(planned: PlannedJob, store: Path) -> list:
+    """Create ``store`` (results.zarr) and return the lazy writes of every result into it."""
+    with _quiet_zarr():
+        zarr.open_group(store, mode="w", zarr_format=3).attrs["job"] = \
+            planned.job.model_dump(mode="json")
+        return [result.to_zarr(store, group=name, mode="w", zarr_format=3, compute=False,
+                               consolidated=False) for name, result in planned.results.items()]
+
+
+def write_results(planned: PlannedJob, directory: Path, *, cluster: dict, started, t0: float,
+                  job_file: Path | None = None, extra: dict | None = None
+                  ) -> dict[str, pd.DataFrame]:
+    """After the writes of ``zarr_writes`` ran: consolidate results.zarr and write the tables,
+    gene lists, provenance.json and report.html into ``directory``. Returns every table
+    written, by file name (``gene_lists/<name>``); a sets x samples score matrix, written wide,
+    has ``attrs["wide"]``."""
+    from engine import __version__
+
+    job, cohort = planned.job, planned.cohort
+    store = directory / "results.zarr"
+    with _quiet_zarr():
+        zarr.consolidate_metadata(store)
         annotations = gene_annotations(cohort)
         tables, extra_tables = {}, {}
-        for name in planned:
+        for name in planned.results:
             written = xr.open_zarr(store, group=name, consolidated=False).load()
             for suffix, table in result_tables(written, annotations).items():
                 if suffix:
@@ -209,33 +243,52 @@ def run_job(job: Job, client: Client, *, job_file: Path | None = None,
                     extra_tables[f"{name}{sep}{suffix}"] = table
                 else:
                     tables[name] = table
-        multiple_testing = adjust_families(job, tables)
-        preprocessing, step_tables = _record_tables(prepared)
-        for name, table in {**tables, **extra_tables, **step_tables}.items():
-            write_table(table, tmp, name)
-        lists = {}
-        for g in job.gene_lists:
-            table = gene_list_table(g, tables)
-            write_table(table, tmp / "gene_lists", g.name)
-            lists[g.name] = len(table)
-        provenance = {
-            "engine_version": __version__,
-            "versions": _versions(),
-            "job": job.model_dump(mode="json"),
-            "seed": job.seed,
-            "preprocess": preprocessing,
-            "multiple_testing": multiple_testing,
-            "gene_lists": lists,
-            "inputs": _inputs(job, job_file, raw),
-            "started_at": started.isoformat(timespec="seconds"),
-            "wall_time_s": round(time.perf_counter() - t0, 3),
-            "cluster": describe(client),
-            "command": sys.argv,
-        }
-        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        cohort_info = {"path": str(job.cohort), "genes": cohort.sizes["gene"],
-                       "samples": cohort.sizes["sample"],
-                       "scale": cohort["expression"].attrs.get("scale", "?")}
-        (tmp / "report.html").write_text(render_report(provenance["job"], cohort_info, tables,
-                                                       provenance))
+                    table.attrs["wide"] = "p_value" not in written and "score" in written
+    multiple_testing = adjust_families(job, tables)
+    preprocessing, step_tables = _record_tables(planned.prepared)
+    written_tables = {**tables, **extra_tables, **step_tables}
+    for name, table in written_tables.items():
+        write_table(table, directory, name)
+    lists = {}
+    for g in job.gene_lists:
+        table = gene_list_table(g, tables)
+        write_table(table, directory / "gene_lists", g.name)
+        written_tables[f"gene_lists/{g.name}"] = table
+        lists[g.name] = len(table)
+    provenance = {
+        "engine_version": __version__,
+        "versions": _versions(),
+        "job": job.model_dump(mode="json"),
+        "seed": job.seed,
+        "preprocess": preprocessing,
+        "multiple_testing": multiple_testing,
+        "gene_lists": lists,
+        "inputs": _inputs(job, job_file, planned.raw),
+        **(extra or {}),
+        "started_at": started.isoformat(timespec="seconds"),
+        "wall_time_s": round(time.perf_counter() - t0, 3),
+        "cluster": cluster,
+        "command": sys.argv,
+    }
+    (directory / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    cohort_info = {"path": str(job.cohort), "genes": cohort.sizes["gene"],
+                   "samples": cohort.sizes["sample"],
+                   "scale": cohort["expression"].attrs.get("scale", "?")}
+    (directory / "report.html").write_text(render_report(provenance["job"], cohort_info, tables,
+                                                         provenance))
+    return written_tables
+
+
+def run_job(job: Job, client: Client, *, job_file: Path | None = None,
+            show_progress: bool = False) -> Path:
+    """Run ``job`` on ``client``; return the results directory. See README: Results."""
+    started = datetime.datetime.now(datetime.UTC)
+    t0 = time.perf_counter()
+    compute = computer(client, show_progress)
+    _check_output(job.output)
+    planned = plan_results(job, compute)
+    with atomic_directory(job.output, overwrite=True) as tmp:
+        compute(*zarr_writes(planned, tmp / "results.zarr"))
+        write_results(planned, tmp, cluster=describe(client), started=started, t0=t0,
+                      job_file=job_file)
     return job.output

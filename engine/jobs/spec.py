@@ -354,11 +354,16 @@ def load_job(path: str | Path) -> Job:
         raise InputError(f"job file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise InputError(f"job file {path} must be a mapping of keys (cohort, output, analyses)")
+    return job_from_mapping(raw, path.absolute().parent, str(path))
+
+
+def job_from_mapping(raw: dict, base: Path, source: str) -> Job:
+    """Validate a job given as a mapping; relative paths in it are relative to ``base``;
+    ``source`` names it in errors."""
     try:
         job = Job.model_validate(raw)
     except ValidationError as e:
-        raise InputError(_format_errors(e, str(path))) from None
-    base = path.absolute().parent
+        raise InputError(_format_errors(e, source)) from None
     analyses = [_relative_files(a, base) for a in job.analyses]
     update = {"cohort": base / job.cohort, "output": base / job.output, "analyses": analyses}
     if job.derived is not None:
