@@ -22,8 +22,12 @@ def _cluster_options(p: argparse.ArgumentParser) -> None:
                    help="one local worker with a thread per core instead of processes")
 
 
+APPEND_REFUSES = (("--genes", "genes"), ("--scale", "scale"), ("--chunk-genes", "chunk_genes"),
+                  ("--overwrite", "overwrite"))
+
+
 def cmd_ingest(a) -> None:
-    from engine.store import ingest, open_cohort
+    from engine.store import append_samples, ingest, open_cohort
     from engine.store.formats import CARRIES_SAMPLES, detect_format
 
     matrix = a.matrix[0] if len(a.matrix) == 1 else a.matrix
@@ -31,9 +35,22 @@ def cmd_ingest(a) -> None:
         a.ingest_parser.error("--samples is required for a TSV/CSV, GCT, Parquet or featureCounts "
                               "matrix (.h5ad, GEO series matrix, RCC and STAR inputs carry their "
                               "own sample annotations)")
-    out = ingest(matrix, a.samples, a.output, genes=a.genes, scale=a.scale, layer=a.layer,
-                 strand=a.strand, chunk_genes=a.chunk_genes, drop_unmatched=a.drop_unmatched,
-                 overwrite=a.overwrite)
+    if a.append:
+        given = [flag for flag, name in APPEND_REFUSES if getattr(a, name) not in (None, False)]
+        if given:
+            a.ingest_parser.error(f"{', '.join(given)} cannot be used with --append: the store "
+                                  "keeps its gene annotations, scale and chunking")
+        report = append_samples(a.output, matrix, a.samples, layer=a.layer, strand=a.strand,
+                                drop_unmatched=a.drop_unmatched)
+        print(f"appended {report['samples_added']} samples: {report['samples']} samples now")
+        if report["derived_dropped"]:
+            print(f"  removed {report['derived_dropped']} derived (preprocessed) stores made from "
+                  "the old samples; jobs re-make them")
+        out = Path(a.output)
+    else:
+        out = ingest(matrix, a.samples, a.output, genes=a.genes, scale=a.scale, layer=a.layer,
+                     strand=a.strand, chunk_genes=a.chunk_genes, drop_unmatched=a.drop_unmatched,
+                     overwrite=a.overwrite)
     _print_info(out, brief=True)
     ds = open_cohort(out)
     if "counts" in ds:
@@ -73,6 +90,8 @@ def _print_info(path, brief: bool = False) -> None:
     print(f"  ingested {ds.attrs['ingested_at']} by cohort-engine {ds.attrs['engine_version']}")
     for src in ds.attrs["sources"]:
         print(f"    {src['role']}: {src['path']} ({src['bytes']} bytes, sha256 {src['sha256']})")
+    for entry in ds.attrs.get("appended", []):
+        print(f"  appended {entry['at']}: {entry['samples_added']} samples")
     opts = ds.attrs["ingest_options"]
     for key in ("dropped_matrix_samples", "dropped_sheet_samples"):
         if opts.get(key):
@@ -199,6 +218,7 @@ def cmd_query(a) -> None:
         print(f"{len(frame)} rows -> {a.out}", file=sys.stderr)
     else:
         frame.head(a.limit).to_csv(sys.stdout, sep="\t", index=False, na_rep="NA")
+        sys.stdout.flush()
         if len(frame) > a.limit:
             print(f"... {len(frame) - a.limit} more rows (--limit N, or -o FILE.tsv)",
                   file=sys.stderr)
@@ -208,6 +228,30 @@ def cmd_status(a) -> None:
     from engine.sweep.ledger import status_report
 
     print(status_report(Path(a.output), as_json=a.json, run_id=a.run, all_runs=a.all))
+
+
+def _cluster_argv(a) -> list[str]:
+    """The cluster options of ``a`` as arguments, passed on to each ``cohort sweep``."""
+    argv = ["--scheduler", a.scheduler] if a.scheduler else []
+    argv += ["--workers", str(a.workers)] if a.workers else []
+    return argv + (["--threads"] if a.threads else [])
+
+
+def cmd_schedule(a) -> None:
+    import logging
+
+    from engine.sweep.schedule import command_runner, cron_trigger, run_on_schedule
+    from engine.sweep.spec import load_sweep
+
+    trigger = cron_trigger(a.cron, a.timezone)
+    load_sweep(a.sweep)  # a bad sweep file fails now (exit 2), not at the first firing
+    # each firing runs `cohort sweep` as a child process (README: Scheduling)
+    sweep = [sys.executable, "-m", "engine.cli", "sweep", str(Path(a.sweep).absolute())]
+    # run_on_schedule logs skipped fire times; APScheduler's own warning would repeat them
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+    runs = run_on_schedule(command_runner(sweep + _cluster_argv(a)), trigger, name=a.sweep,
+                           max_runs=a.max_runs)
+    print(f"{a.sweep}: stopped after {runs} run(s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,7 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-unmatched", action="store_true",
                    help="drop samples found only in the matrix or only in the sheet")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.add_argument("-o", "--output", required=True, help="store path (STORE.zarr)")
+    p.add_argument("--append", action="store_true",
+                   help="add the matrix's samples to the existing store -o: same genes (any "
+                        "order), same sample-sheet columns, the store's scale; rewrites the "
+                        "store (write, then rename) and drops its derived stores")
+    p.add_argument("-o", "--output", required=True,
+                   help="store path (STORE.zarr); with --append, the existing store")
     p.set_defaults(func=cmd_ingest, ingest_parser=p)
 
     p = sub.add_parser("info", help="describe a cohort store")
@@ -270,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=int, metavar="N", help="the units of run N (default: the latest)")
     p.add_argument("--all", action="store_true", help="every run (default: the latest 10)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("schedule", help="run a sweep on a cron schedule in a long-lived process")
+    p.add_argument("sweep", help="sweep YAML (see schemas/sweep.schema.json)")
+    p.add_argument("--cron", required=True, metavar="EXPR",
+                   help='crontab expression such as "0 2 * * *" (minute hour day-of-month month '
+                        'day-of-week; a 6th field placed first gives seconds)')
+    p.add_argument("--timezone", metavar="TZ",
+                   help="IANA time zone of the expression, e.g. Europe/Berlin (default: local)")
+    p.add_argument("--max-runs", type=int, metavar="N", help=argparse.SUPPRESS)  # for tests
+    _cluster_options(p)
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("query", help="read rows of a sweep's results dataset")
     p.add_argument("output", help="the sweep's output folder")

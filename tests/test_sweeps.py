@@ -229,16 +229,10 @@ def test_cohort_change_recomputes_only_its_units(tmp_path, cluster):
     sweep, _ = load_sweep(path)
     run_sweep(sweep, client, sweep_file=path)
     before = {p: p.stat().st_mtime_ns for p in (sweep.output / "dataset").rglob("*.parquet")}
-    # c1 re-ingested with 4 more samples (cohort ingest --append has its own tests)
+    # the cohort grew: 4 samples appended to c1
     from conftest import sweep_cohort_files
-    from engine.store import ingest
-    src = tmp_path / "src1"
-    (m0, s0), (m1, s1) = (sweep_cohort_files(src, 1), sweep_cohort_files(src, 1, n=4, first=12))
-    matrix = pd.concat([pd.read_csv(m, sep="\t", index_col=0) for m in (m0, m1)], axis=1)
-    sheet = pd.concat([pd.read_csv(s, sep="\t") for s in (s0, s1)])
-    matrix.to_csv(src / "m.tsv", sep="\t")
-    sheet.to_csv(src / "s.tsv", sep="\t", index=False)
-    ingest(src / "m.tsv", src / "s.tsv", tmp_path / "c1.zarr", chunk_genes=40, overwrite=True)
+    from engine.store import append_samples
+    append_samples(tmp_path / "c1.zarr", *sweep_cohort_files(tmp_path / "src1", 1, n=4, first=12))
     counter.keys.clear()
     result = run_sweep(sweep, client, sweep_file=path)
     computed = {u for u, s in result.status.items() if s == "computed"}
@@ -396,3 +390,24 @@ def test_example_sweeps_validate():
     for path in examples:
         sweep, base = load_sweep(path)
         assert len(expand(sweep, base)) > 1
+
+
+@pytest.mark.slow
+def test_schedule_runs_the_sweep_without_overlap(tmp_path):
+    """`cohort schedule` on an every-second cron: two runs, the second starting after the
+    first ended (fire times during a run are skipped), the second computing nothing."""
+    path = write_sweep_inputs(tmp_path)
+    path.write_text(path.read_text().replace("test: [welch, student]", "test: [welch]")
+                    .replace("c2: c2.zarr", "").replace("library: {a: lib_a.gmt, b: lib_b.gmt}",
+                                                         "library: {a: lib_a.gmt}"))
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "schedule", str(path), "--cron",
+                          "* * * * * *", "--max-runs", "2", "--workers", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "skipped" in run.stdout + run.stderr  # fire times came while the first run went on
+    with Ledger(tmp_path / "out") as ledger:
+        runs = ledger.runs()
+    assert list(runs["status"]) == ["succeeded", "succeeded"]
+    assert list(runs["computed"]) == [4, 0] and list(runs["skipped"]) == [0, 4]
+    first, second = runs.iloc[0], runs.iloc[1]
+    assert pd.Timestamp(second["started_at"]) >= pd.Timestamp(first["finished_at"])

@@ -30,6 +30,7 @@ import zarr
 
 from engine.errors import InputError, preview
 from engine.fsutil import atomic_directory, sha256_file
+from engine.store.fingerprint import content_digest
 from engine.jobs import prepspec as ps
 from engine.preprocess import counts as cnt
 from engine.preprocess import designs, nanostring, transforms
@@ -267,6 +268,8 @@ def write_derived(ds: xr.Dataset, path: Path, attrs: dict,
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         compute(ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False,
                            encoding=encoding))
+        zarr.open_group(tmp, mode="r+", zarr_format=3).attrs["content_sha256"] = \
+            content_digest(tmp)
         zarr.consolidate_metadata(tmp)
     return path
 

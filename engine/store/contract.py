@@ -71,6 +71,10 @@ COHORT_STORE = {
     "optional_attributes": {
         "geo_series": "GEO series matrix input: its !Series_ lines as {field: value or list of "
                       "values}",
+        "content_sha256": "sha256:<hex> content fingerprint of the store's data files "
+                          "(engine.store.content_digest; absent in stores written before it)",
+        "appended": "cohort ingest --append: one entry per batch {at, engine_version, "
+                    "samples_added, samples, sources, ingest_options}",
     },
 }
 

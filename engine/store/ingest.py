@@ -28,6 +28,7 @@ from zarr.codecs import BloscCodec
 from engine.errors import InputError, preview
 from engine.fsutil import atomic_directory, describe_file
 from engine.store.contract import COHORT_STORE, SCALES
+from engine.store.fingerprint import content_digest
 from engine.store.formats import MatrixSource, open_matrix, read_table
 
 CHUNK_BYTES = 96 * 2**20  # DESIGN.md: 64-128 MB chunks, genes only
@@ -196,6 +197,8 @@ def ingest(
     and its columns replace carried annotations of the same name. ``scale`` defaults to
     ``counts`` for featureCounts, STAR and RCC (which allow nothing else) and to ``log2``
     otherwise. ``layer`` reads an h5ad layer instead of X; ``strand`` picks STAR's count column.
+    The store's content fingerprint is recorded as the attribute ``content_sha256``
+    (``engine.store.fingerprint``).
     """
     if output is None:
         raise TypeError("ingest() needs an output path")
@@ -233,66 +236,106 @@ def ingest(
     with atomic_directory(output, overwrite=overwrite) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         seen: set[str] = set()
-        gene_ids: list[np.ndarray] = []
+        writer = GeneBlockWriter(tmp, sample_ids, sample_vars, chunk)
         extra: dict[str, list[np.ndarray]] = {}
-        counts_dtype = np.int32
         for block in reader.blocks(chunk):
-            if not gene_ids and 0 < len(block.gene_ids) < chunk:
-                # the whole matrix: Zarr stores an edge chunk at full size, so a default (~96 MB)
-                # chunk of a small matrix would be written, and read back, padded
-                chunk = len(block.gene_ids)
             values = block.values if all_columns else block.values[:, keep]
             _check_block(reader, block, values, seen, keep)
-            variables = {"expression": (("gene", "sample"), values.astype(np.float32))}
             if scale == "counts":
                 _check_counts(reader, block, values, keep)
-                if counts_dtype == np.int32 and values.size and values.max() > INT32_MAX:
-                    counts_dtype = np.int64
-                    if gene_ids:
-                        _widen_counts(tmp)
-                variables["counts"] = (("gene", "sample"), values.astype(counts_dtype))
-            gene_ids.append(block.gene_ids)
+            writer.write(block.gene_ids, values, values if scale == "counts" else None)
             for column, part in block.gene_annotations.items():
                 extra.setdefault(column, []).append(part)
-            data = xr.Dataset(variables, coords={"gene": block.gene_ids})
-            if len(gene_ids) == 1:
-                data = data.assign_coords(sample=np.array(sample_ids, dtype=object))
-                data = data.assign(sample_vars)
-                encoding = {v: {"chunks": (chunk, len(sample_ids)), "compressors": COMPRESSOR}
-                            for v in variables}
-                encoding["gene"] = {"chunks": (chunk,)}
-                data.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
-            else:
-                data.to_zarr(tmp, append_dim="gene", zarr_format=3, consolidated=False)
-        if not gene_ids:
+        if not writer.gene_ids:
             raise InputError(f"matrix {reader.path} has no data rows" + reader.empty_hint)
-        all_genes = np.concatenate(gene_ids)
-        gene_vars = _gene_annotations(reader, extra, all_genes, gene_table,
+        gene_vars = _gene_annotations(reader, extra, writer.all_genes(), gene_table,
                                       RESERVED | set(sample_vars), report)
-        if gene_vars:
-            xr.Dataset(gene_vars).to_zarr(tmp, mode="a", zarr_format=3, consolidated=False)
         sources = [describe_file(f, "matrix") for f in reader.source_files]
         if samples is not None:
             sources.append(describe_file(samples, "samples"))
         if genes is not None:
             sources.append(describe_file(genes, "genes"))
-        root = zarr.open_group(tmp, mode="r+", zarr_format=3)
-        root["expression"].attrs["scale"] = scale
         from engine import __version__
 
-        root.attrs.update({
+        finish_store(tmp, gene_vars, scale, {
             **reader.attributes,
             "engine_version": __version__,
-            "ingested_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "ingested_at": now_utc(),
             "sources": sources,
-            "ingest_options": {"format": reader.kind, "scale": scale, "chunk_genes": chunk,
+            "ingest_options": {"format": reader.kind, "scale": scale, "chunk_genes": writer.chunk,
                                **reader.options,
                                "drop_unmatched": drop_unmatched,
                                "dropped_matrix_samples": dropped_matrix,
                                "dropped_sheet_samples": dropped_sheet, **report},
         })
-        zarr.consolidate_metadata(tmp)
     return output
+
+
+def now_utc() -> str:
+    """The current UTC time, ISO 8601 to the second (``ingested_at``, ``appended[].at``)."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+class GeneBlockWriter:
+    """Writes the (gene, sample) arrays of a new cohort store at ``path`` one block of genes
+    (all samples) at a time; ingest and append share it, so both write the same bytes.
+
+    Blocks hold ``chunk`` genes, the last one fewer. The first block creates the store with the
+    ``sample`` coordinate and the sample annotations ``sample_vars``; later blocks are appended
+    along ``gene``. ``counts`` are int32 until a count exceeds 2**31 - 1; then the blocks
+    written so far are widened to int64 and int64 is kept.
+    """
+
+    def __init__(self, path: Path, sample_ids: list[str], sample_vars: dict, chunk: int):
+        self.path = Path(path)
+        self.sample_ids = sample_ids
+        self.sample_vars = sample_vars
+        self.chunk = chunk
+        self.counts_dtype = np.int32
+        self.gene_ids: list[np.ndarray] = []
+
+    def write(self, gene_ids: np.ndarray, expression: np.ndarray,
+              counts: np.ndarray | None = None) -> None:
+        """Append one block: ``expression`` is stored as float32, ``counts`` (integer values,
+        or None for a store without counts) as int32/int64."""
+        if not self.gene_ids and 0 < len(gene_ids) < self.chunk:
+            # the whole matrix: Zarr stores an edge chunk at full size, so a default (~96 MB)
+            # chunk of a small matrix would be written, and read back, padded
+            self.chunk = len(gene_ids)
+        variables = {"expression": (("gene", "sample"), expression.astype(np.float32))}
+        if counts is not None:
+            if self.counts_dtype == np.int32 and counts.size and counts.max() > INT32_MAX:
+                self.counts_dtype = np.int64
+                if self.gene_ids:
+                    _widen_counts(self.path)
+            variables["counts"] = (("gene", "sample"), counts.astype(self.counts_dtype))
+        self.gene_ids.append(gene_ids)
+        data = xr.Dataset(variables, coords={"gene": gene_ids})
+        if len(self.gene_ids) == 1:
+            data = data.assign_coords(sample=np.array(self.sample_ids, dtype=object))
+            data = data.assign(self.sample_vars)
+            encoding = {v: {"chunks": (self.chunk, len(self.sample_ids)), "compressors": COMPRESSOR}
+                        for v in variables}
+            encoding["gene"] = {"chunks": (self.chunk,)}
+            data.to_zarr(self.path, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
+        else:
+            data.to_zarr(self.path, append_dim="gene", zarr_format=3, consolidated=False)
+
+    def all_genes(self) -> np.ndarray:
+        return np.concatenate(self.gene_ids)
+
+
+def finish_store(path: Path, gene_vars: dict, scale: str, attrs: dict) -> None:
+    """Complete a store written by ``GeneBlockWriter``: the gene annotations, ``expression``'s
+    ``scale``, the root attributes ``attrs`` plus ``content_sha256`` (the digest of the data just
+    written, ``engine.store.fingerprint``), then the consolidated metadata."""
+    if gene_vars:
+        xr.Dataset(gene_vars).to_zarr(path, mode="a", zarr_format=3, consolidated=False)
+    root = zarr.open_group(path, mode="r+", zarr_format=3)
+    root["expression"].attrs["scale"] = scale
+    # the root zarr.json is not part of the digest, so recording it there leaves it valid
+    root.attrs.update({**attrs, "content_sha256": content_digest(path)})
+    zarr.consolidate_metadata(path)
 
 
 def _check_block(reader: MatrixSource, block, values: np.ndarray, seen: set[str], keep) -> None:

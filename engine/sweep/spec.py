@@ -12,6 +12,7 @@ import copy
 import hashlib
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,7 @@ def load_sweep(path: str | Path) -> tuple[Sweep, Path]:
                  f"{x['msg'].removeprefix('Value error, ')}" for x in e.errors()]
         raise InputError(f"invalid sweep {path}:\n  " + "\n  ".join(lines)) from None
     base = path.absolute().parent
-    return sweep.model_copy(update={"output": base / sweep.output}), base
+    return sweep.model_copy(update={"output": Path(os.path.normpath(base / sweep.output))}), base
 
 
 def _substitute(obj, values: dict[str, Any], where: str):
