@@ -50,14 +50,15 @@ def runs() -> pd.DataFrame:
 
 def _stack(path: Path, ks) -> np.ndarray:
     """A long (k, sample, <samples>) table as a (len(ks), n, n) array."""
-    table = pd.read_csv(path, sep="\t")
+    table = pd.read_csv(path, sep="\t", float_precision="round_trip")  # exact on pandas 2 too
     return np.stack([table[table["k"] == k].iloc[:, 2:].to_numpy() for k in ks])
 
 
 def _r_run(name: str) -> dict:
     ks = range(2, K_MAX + 1)
     counts = _stack(FIXTURES / f"{name}_counts.tsv.gz", [0, *ks])
-    items = pd.read_csv(FIXTURES / f"{name}_item_consensus.tsv.gz", sep="\t")
+    items = pd.read_csv(FIXTURES / f"{name}_item_consensus.tsv.gz", sep="\t",
+                        float_precision="round_trip")
     return {"consensus": _stack(FIXTURES / f"{name}_consensus.tsv.gz", ks),
             "sampled": counts[0], "clustered": counts[1:],
             "class": pd.read_csv(FIXTURES / f"{name}_classes.tsv", sep="\t").iloc[:, 1:]

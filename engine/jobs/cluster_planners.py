@@ -14,6 +14,7 @@ from engine.jobs.set_planners import STRING
 from engine.jobs.clusterspec import ConsensusAnalysis
 from engine.resample.consensus import consensus_cluster, label_consensus
 from engine.resample.rng import analysis_key
+from engine.stats.features import as_delayed
 
 #: Class names by decreasing mean signature score when there are three classes (ICR classes).
 THREE_CLASSES = ("High", "Medium", "Low")
@@ -82,7 +83,8 @@ def plan_consensus(a: ConsensusAnalysis, ds: xr.Dataset, ctx) -> xr.Dataset:
     at = {"k": k}
     classes = result["consensus_class"].sel(at).data
     item = result["item_consensus"].sel(at).data
-    own = da.from_delayed(dask.delayed(_own_class, pure=True)(item, classes),
+    own = da.from_delayed(dask.delayed(_own_class, pure=True)(as_delayed(item),
+                                                               as_delayed(classes)),
                           shape=classes.shape, dtype=np.float64)
     main = {"consensus_class": classes, "label": labels["consensus_label"].sel(at).data,
             "signature_score": labels["signature_score"].data, "item_consensus": own}

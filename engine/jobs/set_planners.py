@@ -21,7 +21,7 @@ from engine.errors import InputError, preview
 from engine.genesets import collapse_probes, load_gene_sets, map_gene_sets
 from engine.jobs import setspec
 from engine.stats import multitest
-from engine.stats.features import feature_matrix, sample_annotation, MISSING_LABELS
+from engine.stats.features import as_delayed, feature_matrix, sample_annotation, MISSING_LABELS
 from engine.stats.gsea import gsea_preranked
 from engine.stats.gsva import gsva_scores
 from engine.stats.ora import over_representation, select_genes
@@ -161,7 +161,10 @@ _ENRICHMENT_COLUMNS = {
 
 def _per_set_result(values, labels, columns: dict, attrs: dict, adjust: str,
                     membership) -> xr.Dataset:
-    """Lazy per-set table from one delayed dict of numpy arrays (one task per analysis)."""
+    """Lazy per-set table from one delayed dict of numpy arrays (one task per analysis), or
+    from a dict of Dask arrays and plain values (each array taken whole as one input)."""
+    if isinstance(values, dict):
+        values = {k: as_delayed(v) if isinstance(v, da.Array) else v for k, v in values.items()}
     finished = dask.delayed(_finish, pure=True)(values, labels, adjust)
     names = membership.names
     n = len(names)
@@ -204,7 +207,8 @@ def _ranking(a: setspec.GseaPrerankedAnalysis, ctx: Context, cohort: xr.Dataset)
     column = _column(result, ref.column, ref.analysis, ref.stratum, "ranking")
     if column.dims != ("gene",):
         raise InputError(f"ranking: {ref.analysis!r} ranks {column.dims[-1]}s, not genes")
-    return column.data, np.asarray(cohort["gene"].values).astype(str), _symbols(cohort, a)
+    return (as_delayed(column.data), np.asarray(cohort["gene"].values).astype(str),
+            _symbols(cohort, a))
 
 
 def one_row_per_name(statistic, names: np.ndarray) -> np.ndarray:
@@ -255,6 +259,9 @@ def plan_gsea_preranked(a: setspec.GseaPrerankedAnalysis, ds: xr.Dataset,
     sets = load_gene_sets(a.gene_sets)
     membership = _map(a, sets, ids, symbols)
     labels = symbols if membership.match == "symbol" else ids
+    # the gene labels enter the graph once, as one task every unit of a sweep shares, not
+    # once per task that uses them (they are a few hundred KB)
+    labels = dask.delayed(labels, pure=True)
     if a.duplicates == "max_abs" and membership.match == "symbol":
         statistic = dask.delayed(one_row_per_name, pure=True)(statistic, labels)
     values = dask.delayed(gsea_preranked, pure=True)(
@@ -326,13 +333,14 @@ def plan_ora(a: setspec.OraAnalysis, ds: xr.Dataset, ctx: Context) -> xr.Dataset
         if cols["p_value"].dims != ("gene",):
             raise InputError(f"genes_from: {g.analysis!r} tests {cols['p_value'].dims[-1]}s, "
                              "not genes")
-        table = dask.delayed(pd.DataFrame)({c: v.data for c, v in cols.items()})
-        selected = dask.delayed(select_genes)(
+        table = dask.delayed(pd.DataFrame, pure=True)(
+            {c: as_delayed(v.data) for c, v in cols.items()})
+        selected = dask.delayed(select_genes, pure=True)(
             table, p_adj_below=g.p_adj_below, p_value_below=g.p_value_below,
             effect_above=g.effect_above, abs_effect_above=g.abs_effect_above,
             direction=g.direction)
         universe = (np.ones(n, bool) if a.universe == "cohort"
-                    else dask.delayed(np.isfinite)(cols["p_value"].data))
+                    else dask.delayed(np.isfinite, pure=True)(as_delayed(cols["p_value"].data)))
     values = dask.delayed(over_representation, pure=True)(
         selected, universe, membership.index_lists(), names=membership.names)
     attrs = {"test": "ora", "universe": a.universe, **_set_attrs(a, membership)}

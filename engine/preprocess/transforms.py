@@ -33,7 +33,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from engine.errors import InputError
 from engine.stats import features
-from engine.stats.features import by_sample
+from engine.stats.features import as_delayed, by_sample  # noqa: F401 (as_delayed: re-exported)
 
 __all__ = [
     "SAMPLES_PER_BLOCK",
@@ -449,13 +449,6 @@ def second_pass(data: da.Array, *after) -> da.Array:
 
 def _after(value, *_):
     return value
-
-
-def as_delayed(x: da.Array):
-    """A lazy array as one ``Delayed`` numpy array that tasks can take whole. Built from its
-    blocks without graph optimisation: a peer-to-peer rechunk in the graph must keep its
-    keys (``dask.delayed`` of the array itself would optimise them away)."""
-    return x.rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
 
 
 def per_sample_pass(data: da.Array, fn, kwargs: dict, name: str, *args, fields: int = 1,

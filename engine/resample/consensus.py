@@ -91,6 +91,7 @@ from scipy.stats import rankdata
 from engine.errors import InputError, preview
 from engine.resample.rclust import HCLUST_METHODS, cutree, hartigan_wong, hclust, kmeans_starts
 from engine.resample.rng import block_rng, check_seed
+from engine.stats.features import as_delayed
 
 try:  # scipy's C kernel behind hierarchy.cophenet, without its per-call validation (7x faster)
     from scipy.cluster._hierarchy import cophenetic_distances as _cophenetic_c
@@ -715,6 +716,8 @@ def label_consensus(result: xr.Dataset, signature, *,
     if signature.shape[-1] != n:
         raise InputError(f"the signature has {signature.shape[-1]} samples, the consensus "
                          f"classes {n}")
+    classes, signature = (as_delayed(v) if isinstance(v, da.Array) else v
+                          for v in (classes, signature))
     out = dask.delayed(_labels_per_k, pure=True)(classes, signature, names, prefix)
     fields = {"signature_score": ((n,), np.float64, ("sample",),
                                   "mean z-score of the signature's genes across the samples"),

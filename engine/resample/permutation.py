@@ -674,7 +674,10 @@ def permutation_columns(x, *, test: str, case, control, permutations: int, seed:
     prefix = f"permutation-{name}"
     task = dask.delayed(_chunk_task, pure=True)
     fields, maxima = [], []
-    for i, (blk, rows) in enumerate(zip(x.to_delayed()[:, 0], x.chunks[0])):
+    # the blocks keep the array's own keys (no graph optimisation): each chunk is read once,
+    # shared with the test's statistic and any other analysis of the graph
+    blocks = x.to_delayed(optimize_graph=False)[:, 0]
+    for i, (blk, rows) in enumerate(zip(blocks, x.chunks[0])):
         part = task(blk, kwargs, dask_key_name=f"{prefix}-{token}-{i}")
         fields.append(da.from_delayed(part[0], shape=(rows, len(CHUNK_FIELDS)),
                                       dtype=np.float64))

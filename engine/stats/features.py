@@ -126,8 +126,18 @@ def gene_row(ds: xr.Dataset, gene: str, variable: str = "expression"):
                          f"{preview(list(ids[:5]))})")
     row = ds[variable].data[hit[0]]
     if isinstance(row, da.Array):
-        return dask.delayed(np.asarray, pure=True)(row, dtype=np.float64)
+        return dask.delayed(np.asarray, pure=True)(as_delayed(row), dtype=np.float64)
     return np.asarray(row, dtype=np.float64)
+
+
+def as_delayed(x: da.Array):
+    """A lazy array as one ``Delayed`` numpy array that tasks can take whole. Built from its
+    blocks without graph optimisation, so the tasks keep the array's own keys: the same keys
+    every time the same inputs are planned (a sweep's units share them), and a peer-to-peer
+    rechunk in the graph keeps its keys. Never pass a Dask array to ``dask.delayed(f)``
+    itself: Dask then gives the array's whole graph fresh random keys (``ProhibitReuse``), so
+    its work is neither shared nor deterministic."""
+    return x.rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
 
 
 def map_features(x: da.Array, fn: Callable[..., np.ndarray], n_fields: int, /, *,

@@ -33,7 +33,7 @@ from dask.base import tokenize
 from scipy import special
 
 from engine.errors import InputError, preview
-from engine.stats.features import MISSING_LABELS, sample_annotation
+from engine.stats.features import MISSING_LABELS, as_delayed, sample_annotation
 
 __all__ = [
     "CURVE_FIELDS",
@@ -406,7 +406,7 @@ def kaplan_meier(ds: xr.Dataset, *, time: str, event: str, event_value=None,
     kwargs = {"time": t[idx], "event": e[idx],
               "codes": None if codes is None else codes[idx], "split": q, "threshold": threshold,
               "n_groups": n_groups, "n_steps": n_steps, "confidence": float(confidence)}
-    values = None if row is None else row[idx]
+    values = None if row is None else as_delayed(row[idx])
     token = tokenize(None if row is None else row.name, idx, kwargs)
     packed = dask.delayed(_packed_km, pure=True, name=f"kaplan-meier-{token}")(values, **kwargs)
     packed = da.from_delayed(packed, shape=(n_groups, width), dtype=np.float64)

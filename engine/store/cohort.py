@@ -40,9 +40,13 @@ def open_cohort(path: str | Path) -> xr.Dataset:
     loaded = {name: _plain(var.load()) for name, var in ds.variables.items() if var.ndim == 1}
     ds = ds.assign_coords({n: v for n, v in loaded.items() if n in ds.dims})
     ds = ds.assign({n: v for n, v in loaded.items() if n not in ds.dims})
+    # Task keys of the reads name the store's content (content_sha256, recorded at ingest), not
+    # only its path and shape: a store rewritten in place never shares keys with its old data
+    content = ds.attrs.get("content_sha256")
     for name, var in ds.data_vars.items():
         if var.ndim == 2:
-            ds[name] = var.chunk(dict(zip(var.dims, var.encoding["chunks"])))
+            token = f"{content}-{name}" if content else None
+            ds[name] = var.chunk(dict(zip(var.dims, var.encoding["chunks"])), token=token)
     ds.encoding["source"] = str(path.absolute())
     check_cohort(ds)
     return ds

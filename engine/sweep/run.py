@@ -227,7 +227,7 @@ def _execute(units: list[Unit], planned: dict[str, PlannedJob], client: Client,
     finish. Returns the number of distinct tasks submitted."""
     if not units:
         return 0
-    output = next(iter(planned.values())).job.output.parent.parent
+    output = result.output
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.perf_counter()
     tmp = {u.id: temporary_sibling(output / "units" / u.id) for u in units}
@@ -263,6 +263,9 @@ def _execute(units: list[Unit], planned: dict[str, PlannedJob], client: Client,
             try:
                 _commit(u, planned[u.id], tmp[u.id], output, cluster, started, t0, sweep_file)
             except Exception as e:  # one unit's bad result must not stop the others
+                # some of its dataset files may be new: drop its result rather than mix them
+                remove_unit_tables(output, u.id)
+                shutil.rmtree(output / "units" / u.id, ignore_errors=True)
                 _fail(u, e, tmp[u.id], ledger, result)
                 continue
             result.status[u.id] = "computed"
