@@ -36,6 +36,10 @@ class TaskCounter(SchedulerPlugin):
 
     def __init__(self):
         self.keys = []
+        self.graphs = 0
+
+    def update_graph(self, scheduler, *args, **kwargs):
+        self.graphs += 1
 
     def transition(self, key, start, finish, *args, **kwargs):
         if finish == "memory":
@@ -62,7 +66,9 @@ def swept(tmp_path_factory, cluster):
     path = write_sweep_inputs(root)
     sweep, _ = load_sweep(path)
     counter.keys.clear()
+    counter.graphs = 0
     result = run_sweep(sweep, client, sweep_file=path)
+    assert counter.graphs == 1  # every unit in one graph (and nothing else sent)
     return path, sweep, result, counter.by_name()
 
 
@@ -212,9 +218,10 @@ def test_rerun_computes_nothing(swept, cluster):
     path, sweep, _, _ = swept
     client, counter = cluster
     counter.keys.clear()
+    counter.graphs = 0
     again = run_sweep(sweep, client, sweep_file=path)
     assert again.count("skipped") == N_UNITS and again.tasks == 0
-    assert counter.keys == []  # not one task ran
+    assert counter.keys == [] and counter.graphs == 0  # not one task ran, no graph was sent
     with Ledger(sweep.output) as ledger:
         runs = ledger.runs()
         units = ledger.units()

@@ -236,7 +236,9 @@ def write_results(planned: PlannedJob, directory: Path, *, cluster: dict, starte
         annotations = gene_annotations(cohort)
         tables, extra_tables = {}, {}
         for name in planned.results:
-            written = xr.open_zarr(store, group=name, consolidated=False).load()
+            # read back in this process: small, and no round trip through the cluster
+            written = xr.open_zarr(store, group=name, consolidated=False).load(
+                scheduler="synchronous")
             for suffix, table in result_tables(written, annotations).items():
                 if suffix:
                     sep = "" if suffix.startswith("_") else "."

@@ -343,17 +343,23 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return f"invalid job {source}:\n  " + "\n  ".join(lines)
 
 
-def load_job(path: str | Path) -> Job:
-    """Read and validate a job file; relative paths in it become relative to its folder."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str, keys: str) -> dict:
+    """The YAML mapping in ``path`` (a ``what`` file with keys such as ``keys``)."""
     if not path.exists():
-        raise InputError(f"job file {path} does not exist")
+        raise InputError(f"{what} file {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise InputError(f"job file {path} is not valid YAML: {e}") from None
+        raise InputError(f"{what} file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise InputError(f"job file {path} must be a mapping of keys (cohort, output, analyses)")
+        raise InputError(f"{what} file {path} must be a mapping of keys ({keys})")
+    return raw
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a job file; relative paths in it become relative to its folder."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "job", "cohort, output, analyses")
     return job_from_mapping(raw, path.absolute().parent, str(path))
 
 

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.errors import InputError
 from engine.fsutil import sha256_file
 from engine.jobs.base import NAME_PATTERN, Strict
-from engine.jobs.spec import Job, job_from_mapping
+from engine.jobs.spec import Job, job_from_mapping, read_yaml_mapping
 from engine.store.fingerprint import store_fingerprint
 
 AXIS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -116,14 +115,7 @@ class Unit:
 def load_sweep(path: str | Path) -> tuple[Sweep, Path]:
     """The validated sweep and its folder (relative paths in it are relative to that)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"sweep file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"sweep file {path} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"sweep file {path} must be a mapping (name, output, axes, template)")
+    raw = read_yaml_mapping(path, "sweep", "name, output, axes, template")
     try:
         sweep = Sweep.model_validate(raw)
     except ValidationError as e:
