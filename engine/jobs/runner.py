@@ -103,7 +103,7 @@ def _check_output(output: Path) -> None:
                          "run (no provenance.json); choose another output path")
 
 
-def _wait_until_idle(client: Client, timeout: float = 60.0) -> None:
+def wait_until_idle(client: Client, timeout: float = 60.0) -> None:
     """After a failure, let tasks already running finish, so none writes into the temporary
     output after it is removed (cancelling a future does not stop a running task)."""
     deadline = time.monotonic() + timeout
@@ -154,7 +154,7 @@ def computer(client: Client, show_progress: bool):
             return client.gather(futures)
         except BaseException:
             client.cancel(futures)
-            _wait_until_idle(client)
+            wait_until_idle(client)
             raise
     return compute
 

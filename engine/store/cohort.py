@@ -10,6 +10,7 @@ import xarray as xr
 
 from engine.errors import InputError
 from engine.store.contract import check_cohort
+from engine.store.fingerprint import recorded_fingerprint
 
 
 def _plain(var: xr.Variable) -> xr.Variable:
@@ -41,8 +42,9 @@ def open_cohort(path: str | Path) -> xr.Dataset:
     ds = ds.assign_coords({n: v for n, v in loaded.items() if n in ds.dims})
     ds = ds.assign({n: v for n, v in loaded.items() if n not in ds.dims})
     # Task keys of the reads name the store's content (content_sha256, recorded at ingest), not
-    # only its path and shape: a store rewritten in place never shares keys with its old data
-    content = ds.attrs.get("content_sha256")
+    # only its path and shape: a store rewritten in place never shares keys with its old data.
+    # Derived stores keep xarray's own keys (their path is named by a digest of their steps).
+    content = recorded_fingerprint(ds.attrs)
     for name, var in ds.data_vars.items():
         if var.ndim == 2:
             token = f"{content}-{name}" if content else None

@@ -66,7 +66,12 @@ def store_fingerprint(store: str | Path) -> str:
         raise InputError(f"{store} is not a cohort store (create one with `cohort ingest`)")
     with open(store / ROOT_METADATA, encoding="utf-8") as f:
         attributes = json.load(f).get("attributes", {})
-    recorded = attributes.get("content_sha256")
-    if recorded and "derived_from" not in attributes:
-        return recorded
-    return content_digest(store)
+    return recorded_fingerprint(attributes) or content_digest(store)
+
+
+def recorded_fingerprint(attributes: dict) -> str | None:
+    """The ``content_sha256`` a store's attributes hold, if it can be trusted: not for a
+    derived store (``derived_from``), whose attributes may be copies of its raw store's."""
+    if "derived_from" in attributes:
+        return None
+    return attributes.get("content_sha256")

@@ -19,6 +19,7 @@ it once; preprocessing (derived stores) is made once per cohort and steps and th
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +37,8 @@ from distributed.diagnostics.progressbar import progress
 from engine.cluster import describe
 from engine.errors import InputError
 from engine.fsutil import commit_directory, remove_stale_temporaries, sha256_file, temporary_sibling
-from engine.jobs.runner import (PlannedJob, computer, plan_job, plan_results, write_results,
-                                zarr_writes)
+from engine.jobs.runner import (PlannedJob, computer, plan_job, plan_results, wait_until_idle,
+                                write_results, zarr_writes)
 from engine.sweep.dataset import dataset_root, remove_unit_tables, write_unit_tables
 from engine.sweep.ledger import Ledger
 from engine.sweep.lock import output_lock
@@ -85,8 +87,7 @@ def _claim(output: Path, sweep: Sweep) -> None:
         if owner != sweep.name:
             raise InputError(f"output {output} holds the results of sweep {owner!r}, not "
                              f"{sweep.name!r}; choose another output")
-    elif output.exists() and any(p.name not in (".sweep.lock", "ledger.sqlite") and
-                                 not p.name.startswith("ledger.sqlite")
+    elif output.exists() and any(p.name != ".sweep.lock" and not p.name.startswith("ledger.sqlite")
                                  for p in output.iterdir()):
         raise InputError(f"output {output} exists and is not a sweep output (no sweep.json); "
                          "choose another output")
@@ -130,10 +131,11 @@ def check_sweep(sweep: Sweep, sweep_file: Path | None = None) -> list[Unit]:
     computing (labels, annotations, gene sets): all but units with preprocess steps, whose
     derived store must be made first."""
     units = survey(sweep, sweep_file)
+    opened = functools.cache(open_cohort)  # each cohort is opened once
     for u in units:
         if u.error is None and not u.skip and not u.job.preprocess:
             try:
-                plan_job(u.job, open_cohort(u.job.cohort))
+                plan_job(u.job, opened(u.job.cohort))
             except InputError as e:
                 u.error = str(e)
     return units
@@ -141,12 +143,11 @@ def check_sweep(sweep: Sweep, sweep_file: Path | None = None) -> list[Unit]:
 
 def _plan(units: list[Unit], compute) -> dict[str, PlannedJob]:
     """Plan every unit to compute (making or reusing derived stores); errors go to the unit."""
-    planned, cohorts = {}, {}
+    planned = {}
+    opened = functools.cache(open_cohort)  # each cohort is opened once
     for u in units:
         try:
-            if u.job.cohort not in cohorts:  # each cohort is opened once
-                cohorts[u.job.cohort] = open_cohort(u.job.cohort)
-            planned[u.id] = plan_results(u.job, compute, cohorts[u.job.cohort])
+            planned[u.id] = plan_results(u.job, compute, opened(u.job.cohort))
         except InputError as e:
             u.error = str(e)
     return planned
@@ -199,15 +200,11 @@ def run_sweep(sweep: Sweep, client: Client, *, sweep_file: Path | None = None,
                 print(_problem_report(units), file=sys.stderr)
             if strict and any(u.error for u in units):
                 raise InputError(_problem_report(units))
-            ledger.set_units(run_id, [
-                (u.id, u.axes, u.fingerprint,
-                 "invalid" if u.error else "skipped" if u.skip else "pending",
-                 u.error) for u in units])
-            for u in units:
-                result.status[u.id] = ("invalid" if u.error else
-                                       "skipped" if u.skip else "pending")
-                if u.error:
-                    result.errors[u.id] = u.error
+            result.status = {u.id: "invalid" if u.error else "skipped" if u.skip else "pending"
+                             for u in units}
+            result.errors = {u.id: u.error for u in units if u.error}
+            ledger.set_units(run_id, [(u.id, u.axes, u.fingerprint, result.status[u.id], u.error)
+                                      for u in units])
             retired = _retire(output, {u.id for u in units})
             ledger.set_units(run_id, [(unit_id, _axes_of(unit_id), None, "retired", None)
                                       for unit_id in retired])
@@ -241,9 +238,7 @@ def _execute(units: list[Unit], planned: dict[str, PlannedJob], client: Client,
     tasks = len(set().union(*(w.__dask_graph__().keys() for w in writes)))
     futures = client.compute(writes)
     by_future = {f.key: u for f, u in zip(futures, owner)}
-    remaining = {u.id: 0 for u in units}
-    for u in owner:
-        remaining[u.id] += 1
+    remaining = Counter(u.id for u in owner)  # writes of each unit not yet finished
     for u in units:
         ledger.unit_status(result.run_id, u.id, "running")
     bar = None
@@ -257,7 +252,7 @@ def _execute(units: list[Unit], planned: dict[str, PlannedJob], client: Client,
             if result.status[u.id] == "failed":
                 continue
             if future.status != "finished":
-                _fail(u, future.exception(), tmp[u.id], ledger, result)
+                _fail(u, future.exception(), ledger, result)
                 continue
             remaining[u.id] -= 1
             if remaining[u.id]:
@@ -268,7 +263,7 @@ def _execute(units: list[Unit], planned: dict[str, PlannedJob], client: Client,
                 # some of its dataset files may be new: drop its result rather than mix them
                 remove_unit_tables(output, u.id)
                 shutil.rmtree(output / "units" / u.id, ignore_errors=True)
-                _fail(u, e, tmp[u.id], ledger, result)
+                _fail(u, e, ledger, result)
                 continue
             result.status[u.id] = "computed"
             ledger.unit_status(result.run_id, u.id, "computed",
@@ -277,7 +272,11 @@ def _execute(units: list[Unit], planned: dict[str, PlannedJob], client: Client,
                 time.sleep(pause)
     finally:
         client.cancel(futures)
-        for path in tmp.values():
+        if any(f.status != "finished" for f in futures):
+            # a failed unit's other writes may still be running: none may write into its
+            # temporary folder after it is removed (cancelling does not stop a running task)
+            wait_until_idle(client)
+        for path in tmp.values():  # committed units' folders were renamed away
             shutil.rmtree(path, ignore_errors=True)
     if bar is not None:
         bar.join(timeout=5)
@@ -285,14 +284,14 @@ def _execute(units: list[Unit], planned: dict[str, PlannedJob], client: Client,
     return tasks
 
 
-def _fail(u: Unit, error: BaseException, tmp: Path, ledger: Ledger, result: SweepResult) -> None:
+def _fail(u: Unit, error: BaseException, ledger: Ledger, result: SweepResult) -> None:
+    """Record the unit's failure; its temporary folder is removed when the run's writes end."""
     text = f"{type(error).__name__}: {error}"
     if not isinstance(error, InputError):
         text += "\n" + "".join(traceback.format_exception(error)[-3:])
     result.status[u.id] = "failed"
     result.errors[u.id] = text
     ledger.unit_status(result.run_id, u.id, "failed", error=text)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _commit(u: Unit, planned: PlannedJob, tmp: Path, output: Path, cluster: dict,
