@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -64,6 +63,9 @@ import numpy as np
 import pandas as pd
 import yaml
 from distributed.diagnostics.plugin import SchedulerPlugin
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _bench import closing_lines  # noqa: E402
 
 SEED = 20240607
 #: contrast name -> (group annotation, case, control); all within B-lineage samples
@@ -182,7 +184,7 @@ class TaskCounter(SchedulerPlugin):
 
 def task_kind(key) -> str:
     """A task's name without its token and block index: the functions fused into it, e.g.
-    ``one_row_per_name-gsea_preranked`` (dask's ``key_split`` keeps only the first)."""
+    ``gsea-preranked-one-per-gene-gsea-preranked-enrichment`` (dask's ``key_split`` keeps only the first)."""
     name = key[0] if isinstance(key, tuple) else str(key)
     return re.sub(r"-[0-9a-f]{32}$", "", name)
 
@@ -260,7 +262,7 @@ def sweep_phases() -> Phases:
 
     p = Phases()
     for name, label in (("survey", "survey (expand + fingerprints)"),
-                        ("unit_fingerprint", "  unit fingerprints"),
+                        ("job_fingerprint", "  unit fingerprints"),
                         ("_plan", "plan units"),
                         ("_execute", "execute (writes + compute + commits)"),
                         ("zarr_writes", "  build zarr writes"),
@@ -345,22 +347,6 @@ def same_tables(sweep_output: Path, single_output: Path) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- report
-
-def machine_lines() -> list[str]:
-    import dask
-    import distributed
-    import psutil
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(ln.split(":", 1)[1].strip() for ln in
-                   Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
-    return [f"machine: {platform.platform()}; {cpu}; {os.cpu_count()} CPUs; "
-            f"{psutil.virtual_memory().total / 2**30:.1f} GiB memory",
-            f"versions: Python {platform.python_version()}, numpy {np.__version__}, "
-            f"pandas {pd.__version__}, dask {dask.__version__}, "
-            f"distributed {distributed.__version__}"]
-
 
 def phase_lines(title: str, r: dict) -> list[str]:
     """The client-side phases of one execution, then its workers' compute by task kind."""
@@ -447,8 +433,6 @@ def main() -> None:
             single = one_by_one(sweep_file, client, work / "one_by_one")
             print(f"one by one: {single['seconds']:.1f} s", flush=True)
         agreement = same_tables(work / "one_graph", work / "one_by_one")
-    load_end = os.getloadavg()
-    total = time.perf_counter() - started
 
     if noop["skipped"] != noop["units"] or noop["graph"] or noop["run"]:
         print(f"!! the no-op re-run was not a no-op: {noop['skipped']} of {noop['units']} "
@@ -461,12 +445,8 @@ def main() -> None:
                      ("phases of the no-op re-run", noop)):
         for line in phase_lines(title, r):
             print(line)
-    for line in machine_lines():
+    for line in closing_lines(load_start, started):
         print(line)
-    print(f"load average (1, 5, 15 min): start {load_start[0]:.2f} {load_start[1]:.2f} "
-          f"{load_start[2]:.2f}; end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
-    print(f"command: {' '.join([Path(sys.executable).name] + sys.argv)}")
-    print(f"whole run: {total:.0f} s")
 
 
 if __name__ == "__main__":

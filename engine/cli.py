@@ -1,4 +1,5 @@
-"""The ``cohort`` command: ingest, info, preprocess, run, sweep, query, status, schedule, demo."""
+"""The ``cohort`` command: ingest, simulate, info, preprocess, run, sweep, query, status, schedule,
+demo."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def _cluster_options(p: argparse.ArgumentParser) -> None:
                    help="number of local worker processes (default: one per core)")
     p.add_argument("--threads", action="store_true",
                    help="one local worker with a thread per core instead of processes")
+    p.add_argument("--profile", metavar="NAME",
+                   help="cluster profile (README: Cluster profiles): a name looked up in "
+                        "$COHORT_ENGINE_PROFILES, ./cluster, ~/.config/cohort-engine/cluster, "
+                        "then the bundled ones (local, scheduler, slurm, pbs, kubernetes, tls), "
+                        "or a .yaml path")
 
 
 APPEND_REFUSES = (("--genes", "genes"), ("--scale", "scale"), ("--chunk-genes", "chunk_genes"),
@@ -98,6 +104,24 @@ def _print_info(path, brief: bool = False) -> None:
             print(f"    {key.replace('_', ' ')}: {', '.join(opts[key])}")
 
 
+def cmd_simulate(a) -> None:
+    from engine.store import open_cohort
+    from engine.store.simulate import simulate_cohort, simulation_summary
+    from engine.store.simulate_spec import read_spec_file, spec_from_flags
+
+    spec = spec_from_flags(
+        read_spec_file(a.spec) if a.spec else None, genes=a.genes, samples=a.samples,
+        seed=a.seed, scale=a.scale, groups=a.groups, effects=a.effects, patients=a.patients,
+        timepoints=a.timepoints, patient_correlation=a.patient_correlation,
+        block_size=a.block_size, block_correlation=a.block_correlation,
+        planted_sets=a.planted_sets, null_sets=a.null_sets, set_size=a.set_size)
+    out = simulate_cohort(spec, a.output, gene_sets=a.gene_sets, chunk_genes=a.chunk_genes,
+                          overwrite=a.overwrite)
+    _print_info(out, brief=True)
+    for line in simulation_summary(open_cohort(out).attrs):
+        print(f"  {line}")
+
+
 def cmd_info(a) -> None:
     _print_info(a.store)
 
@@ -107,7 +131,8 @@ def _run(job_path: Path, a) -> Path:
     from engine.jobs import load_job, run_job
 
     job = load_job(job_path)
-    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads) as client:
+    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads,
+                     profile=a.profile) as client:
         out = run_job(job, client, job_file=job_path, show_progress=True)
     print(f"results: {out}  (tables *.tsv/*.parquet, results.zarr, provenance.json)")
     print(f"report:  {out / 'report.html'}")
@@ -121,12 +146,15 @@ def cmd_run(a) -> None:
 def cmd_preprocess(a) -> None:
     from engine.cluster import dask_client
     from engine.jobs import load_job
+    from engine.jobs.monitor import blocks_for
     from engine.jobs.runner import computer, prepare_job
 
     job = load_job(a.job)
     if not job.preprocess:
         raise InputError(f"job {a.job} has no preprocess steps")
-    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads) as client:
+    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads,
+                     profile=a.profile) as client, \
+            blocks_for(client):
         prepared = prepare_job(job, computer(client, show_progress=True))
     for variant, p in prepared.items():
         print(f"{variant or 'main'}: {p.path} ({'reused' if p.reused else 'written'})")
@@ -170,7 +198,8 @@ def run_sweep_file(path: Path, a, *, strict: bool = False) -> int:
     from engine.sweep.spec import load_sweep
 
     sweep, _ = load_sweep(path)
-    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads) as client:
+    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads,
+                     profile=a.profile) as client:
         result = run_sweep(sweep, client, sweep_file=path, show_progress=True, strict=strict)
     counts = ", ".join(f"{result.count(s)} {s}" for s in
                        ("computed", "skipped", "failed", "invalid", "retired"))
@@ -234,6 +263,7 @@ def _cluster_argv(a) -> list[str]:
     """The cluster options of ``a`` as arguments, passed on to each ``cohort sweep``."""
     argv = ["--scheduler", a.scheduler] if a.scheduler else []
     argv += ["--workers", str(a.workers)] if a.workers else []
+    argv += ["--profile", a.profile] if a.profile else []
     return argv + (["--threads"] if a.threads else [])
 
 
@@ -252,6 +282,48 @@ def cmd_schedule(a) -> None:
     runs = run_on_schedule(command_runner(sweep + _cluster_argv(a)), trigger, name=a.sweep,
                            max_runs=a.max_runs)
     print(f"{a.sweep}: stopped after {runs} run(s)")
+
+
+def _simulate_parser(sub) -> None:
+    p = sub.add_parser("simulate", help="write a synthetic cohort store (planted effects, "
+                                        "correlated genes, paired patients) chunk by chunk")
+    p.add_argument("--genes", type=int, metavar="G", help="number of genes")
+    p.add_argument("--samples", type=int, metavar="N",
+                   help="number of samples (with --patients: patients x time points)")
+    p.add_argument("--scale", choices=["log2", "counts"],
+                   help="log2: log-normal expression (default); counts: negative-binomial "
+                        "counts with library sizes")
+    p.add_argument("--groups", action="append", metavar="NAME=LEVEL:n,LEVEL:n",
+                   help="a sample annotation with level sizes (of patients with --patients), "
+                        "e.g. response=CR:2,PR:1,NR:5; repeatable")
+    p.add_argument("--effects", action="append",
+                   metavar="[NAME=]AMOUNT:LOG2FC[@GROUP[:CASE/CONTROL]]",
+                   help="planted genes: 5%% or 200 genes shifted by LOG2FC in the case level "
+                        "(default: second level of the first group vs its first); +/-LOG2FC "
+                        "plants all up/down, else random signs; repeatable")
+    p.add_argument("--patients", type=int, metavar="P",
+                   help="paired design: P patients, one sample per time point")
+    p.add_argument("--timepoints", metavar="T1,T2", help="time points (default pre,post)")
+    p.add_argument("--patient-correlation", type=float, metavar="C",
+                   help="within-patient correlation of a null gene (default 0.5)")
+    p.add_argument("--block-size", type=int, metavar="N",
+                   help="genes per correlation block (default 50)")
+    p.add_argument("--block-correlation", type=float, metavar="RHO",
+                   help="correlation of null genes within a block (default 0.3)")
+    p.add_argument("--planted-sets", type=int, metavar="N",
+                   help="gene sets drawn mostly from planted genes (default 10 with an effect)")
+    p.add_argument("--null-sets", type=int, metavar="N", help="random gene sets (default 10)")
+    p.add_argument("--set-size", type=int, metavar="N", help="genes per set (default 50)")
+    p.add_argument("--gene-sets", metavar="PATH",
+                   help="GMT file of the sets (default: the store path with suffix .gmt)")
+    p.add_argument("--spec", metavar="SPEC.yaml",
+                   help="a simulation spec in YAML; the flags given override its keys")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--chunk-genes", type=int, metavar="N", help="genes per chunk (default ~96 MB)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing store and gene-set file")
+    p.add_argument("-o", "--output", required=True, help="store path (STORE.zarr)")
+    p.set_defaults(func=cmd_simulate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="store path (STORE.zarr); with --append, the existing store")
     p.set_defaults(func=cmd_ingest, ingest_parser=p)
+
+    _simulate_parser(sub)
 
     p = sub.add_parser("info", help="describe a cohort store")
     p.add_argument("store")

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 from engine.errors import InputError
 
 
@@ -77,3 +79,16 @@ def describe_file(path: str | Path, role: str) -> dict:
     path = Path(path)
     return {"role": role, "path": str(path.absolute()), "bytes": path.stat().st_size,
             "sha256": sha256_file(path)}
+
+
+def read_yaml_mapping(path: Path, what: str, keys: str) -> dict:
+    """The YAML mapping in ``path`` (a ``what`` file with keys such as ``keys``)."""
+    if not path.exists():
+        raise InputError(f"{what} file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{what} file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{what} file {path} must be a mapping of keys ({keys})")
+    return raw

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import numpy as np
@@ -126,6 +127,14 @@ def test_run_writes_tables_zarr_provenance_report(job_dir, client, cohort_files)
     assert prov["versions"]["dask"] and prov["cluster"]["workers"] == 1
     assert prov["wall_time_s"] > 0
     assert "G0" in (out / "report.html").read_text()
+    # Dask's performance report (task stream, worker profile) is saved with the results
+    assert "Dask Performance Report" in (out / "performance-report.html").read_text()
+    # the peak resident memory of the worker (this process: the client is in-process)
+    memory = prov["memory"]
+    worker, = memory["workers"].values()
+    assert worker["pid"] == os.getpid() and worker["peak_since"] in ("run", "process start")
+    assert 0 < worker["peak_rss_bytes"] <= memory["max_worker_peak_rss_bytes"]
+    assert memory["client_peak_rss_bytes"] > 0
 
 
 def test_rerun_replaces_results_but_never_a_foreign_directory(job_dir, client):
@@ -177,6 +186,59 @@ def test_failure_during_compute_leaves_no_output(job_dir, client, monkeypatch):
     assert len(_CALLS) > 1
     assert not (job_dir / "out").exists()
     assert not [p for p in job_dir.iterdir() if p.name.startswith(".out.tmp")]
+    # the analysis that succeeded is committed in the staging folder; nothing else is there
+    stage, = job_dir.glob(".out.partial-*")
+    assert sorted(p.name for p in (stage / "results.zarr").iterdir()) == ["paired", "zarr.json"]
+    assert not (stage / "pending").exists()
+
+
+def test_an_interrupted_job_resumes_where_it_stopped(job_dir, client, monkeypatch):
+    """A run that fails after some analyses were committed: the next run of the same job
+    computes only the others, and its results equal those of one clean run."""
+    from engine.stats import twogroup
+
+    _CALLS.clear()
+    job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\n" + ANALYSES)
+    with monkeypatch.context() as m:
+        m.setitem(twogroup.TESTS, "welch", _fail_first_then_slow)
+        with pytest.raises(MemoryError):
+            run_job(load_job(job_file), client)
+    out = run_job(load_job(job_file), client)
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["resumed_analyses"] == ["paired"]
+    assert not list(job_dir.glob(".out.partial-*"))
+    clean = run_job(load_job(write_job(job_dir, "cohort: c.zarr\noutput: clean\n" + ANALYSES,
+                                       "clean.yaml")), client)
+    assert json.loads((clean / "provenance.json").read_text())["resumed_analyses"] == []
+    for name in ("welch", "paired"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{name}.parquet"),
+                                      pd.read_parquet(clean / f"{name}.parquet"))
+
+
+def test_a_changed_job_does_not_resume_an_older_one(job_dir, client, monkeypatch):
+    """The staging folder is named by the job's fingerprint: another seed, options or data
+    start afresh, and the older partial results are removed."""
+    _CALLS.clear()
+    from engine.stats import twogroup
+
+    job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\n" + ANALYSES)
+    with monkeypatch.context() as m:
+        m.setitem(twogroup.TESTS, "welch", _fail_first_then_slow)
+        with pytest.raises(MemoryError):
+            run_job(load_job(job_file), client)
+    old, = job_dir.glob(".out.partial-*")
+    job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\nseed: 5\n" + ANALYSES)
+    out = run_job(load_job(job_file), client)
+    assert json.loads((out / "provenance.json").read_text())["resumed_analyses"] == []
+    assert not old.exists()
+
+
+def test_a_job_refused_at_planning_leaves_nothing(job_dir, client):
+    job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\n" + ANALYSES.replace(
+        "case: case\n    control: control\n    pair_by", "case: nobody\n    control: control\n    pair_by"))
+    with pytest.raises(InputError, match="nobody"):
+        run_job(load_job(job_file), client)
+    assert [p.name for p in job_dir.iterdir() if p.name.startswith(".")] == []
 
 
 MODELS = """

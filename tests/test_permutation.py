@@ -547,3 +547,16 @@ def test_bad_input():
         pm.permutation_columns(da.zeros((2, 6)), test="welch", case=[0, 1, 2],
                                control=[3, 4, 5], permutations=10, seed=0, name="a",
                                paired=True)
+
+
+def test_counts_of_huge_designs_stay_writable_attributes():
+    """C(50000, 25000) has 15,050 digits: more than JSON text conversion allows by default.
+    Counts up to 2^53 stay exact ints; larger ones become scientific-notation text."""
+    import json
+
+    big = pm.permutation_info("welch", 25_000, 25_000, 1000)
+    assert big["n_relabellings"] == "1.128e+15049" and not big["exact"]
+    json.dumps(big)
+    assert pm.permutation_info("welch", 30, 30, 1000)["n_relabellings"] == "1.183e+17"
+    assert pm.permutation_info("welch", 20, 20, 1000)["n_relabellings"] == math.comb(40, 20)
+    assert pm.permutation_info("paired_t", 53, 53, 1000)["n_relabellings"] == 2**53

@@ -499,3 +499,19 @@ def test_es_equals_gseapy_on_the_leukemia_example(metric):
                              key=1)
     gseapy_es = gs.res2d.set_index("Term").loc[names, "ES"].astype(float).to_numpy()
     np.testing.assert_allclose(ours["es"], gseapy_es, rtol=1e-9, atol=1e-12)
+
+
+def test_label_permutations_are_the_rows_of_one_permuted_index_matrix():
+    """The contract of the draws: block b's permutations are the first rows of
+    ``rng.permuted(tile(arange(n), (PERMUTATION_BLOCK, 1)), axis=1)`` of its generator
+    (drawn row by row, so the unused rows and the index matrix are never made)."""
+    from engine.resample.rng import block_rng
+
+    is_case = np.r_[np.ones(7, bool), np.zeros(12, bool)]
+    for n_permutations, block in ((ph.PERMUTATION_BLOCK + 40, 1), (3 * ph.PERMUTATION_BLOCK, 2)):
+        rng = block_rng(5, 3, block)
+        order = rng.permuted(np.tile(np.arange(19), (ph.PERMUTATION_BLOCK, 1)), axis=1)
+        width = min(ph.PERMUTATION_BLOCK, n_permutations - block * ph.PERMUTATION_BLOCK)
+        expected = is_case[order[:width]].T.astype(np.float64)
+        got = ph.label_permutations(is_case, n_permutations, seed=5, key=3, block=block)
+        np.testing.assert_array_equal(got, expected)

@@ -144,7 +144,7 @@ def test_one_graph_computes_shared_work_once(swept):
     assert result.ok and result.count("computed") == N_UNITS
     # the two-group test of a cohort x contrast x test runs once for both libraries: 3 gene
     # chunks x 3 cohorts x 2 contrasts (each test name counted separately)
-    for kernel in ("welch_t-expression", "student_t-expression"):
+    for kernel in ("welch-t-chunk", "student-t-chunk"):
         assert executed[kernel] == 3 * 3 * 2
     # units one by one would run it once per unit: twice as often
     units = expand(sweep, path.parent)
@@ -157,9 +157,9 @@ def test_one_graph_computes_shared_work_once(swept):
             keys |= set(dict(ds.__dask_graph__()))
         per_unit.update(key_split(k) for k in keys)
         union |= keys
-    assert per_unit["welch_t-expression"] == 2 * executed["welch_t-expression"]
+    assert per_unit["welch-t-chunk"] == 2 * executed["welch-t-chunk"]
     # each of the 24 gene-set analyses ran once
-    assert executed["gsea_preranked"] == N_UNITS
+    assert executed["gsea-preranked-enrichment"] == N_UNITS
     # in all, the one graph has a third fewer analysis tasks than the units one by one
     assert len(union) < 0.7 * sum(per_unit.values())
 
@@ -245,7 +245,7 @@ def test_cohort_change_recomputes_only_its_units(tmp_path, cluster):
     computed = {u for u, s in result.status.items() if s == "computed"}
     assert computed == {u for u in result.status if u.startswith("cohort=c1,")}
     assert result.count("skipped") == N_UNITS - 8
-    assert counter.by_name()["welch_t-expression"] == 3 * 2  # c1 only: 3 chunks x 2 contrasts
+    assert counter.by_name()["welch-t-chunk"] == 3 * 2  # c1 only: 3 chunks x 2 contrasts
     after = {p: p.stat().st_mtime_ns for p in (sweep.output / "dataset").rglob("*.parquet")}
     changed = {p.parent.name for p in after if after[p] != before.get(p)}
     assert changed == {"cohort=c1"}

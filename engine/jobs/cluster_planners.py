@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -14,7 +13,7 @@ from engine.jobs.set_planners import STRING
 from engine.jobs.clusterspec import ConsensusAnalysis
 from engine.resample.consensus import consensus_cluster, label_consensus
 from engine.resample.rng import analysis_key
-from engine.stats.features import as_delayed
+from engine.stats.features import as_delayed, named_task
 
 #: Class names by decreasing mean signature score when there are three classes (ICR classes).
 THREE_CLASSES = ("High", "Medium", "Low")
@@ -57,7 +56,8 @@ def _genes(a: ConsensusAnalysis, ds: xr.Dataset):
 
 def _as_text(labels: xr.DataArray) -> xr.DataArray:
     """Text labels as a fixed string dtype, so writing them needs no early compute."""
-    data = labels.data.map_blocks(lambda b: np.asarray(b).astype(STRING), dtype=STRING)
+    data = labels.data.map_blocks(lambda b: np.asarray(b).astype(STRING), dtype=STRING,
+                                  token="consensus-label-text")
     return labels.copy(data=data)
 
 
@@ -83,8 +83,8 @@ def plan_consensus(a: ConsensusAnalysis, ds: xr.Dataset, ctx) -> xr.Dataset:
     at = {"k": k}
     classes = result["consensus_class"].sel(at).data
     item = result["item_consensus"].sel(at).data
-    own = da.from_delayed(dask.delayed(_own_class, pure=True)(as_delayed(item),
-                                                               as_delayed(classes)),
+    own = da.from_delayed(named_task("consensus-item-consensus", _own_class,
+                                     as_delayed(item), as_delayed(classes)),
                           shape=classes.shape, dtype=np.float64)
     main = {"consensus_class": classes, "label": labels["consensus_label"].sel(at).data,
             "signature_score": labels["signature_score"].data, "item_consensus": own}

@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import glob
 import importlib.metadata
 import json
+import os
 import platform
+import shutil
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,12 +27,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
-from distributed import Client, progress
+from distributed import Client, as_completed, progress
 
 from engine.cluster import describe
 from engine.errors import InputError
-from engine.fsutil import atomic_directory, sha256_file
-from engine.jobs.spec import Job
+from engine.fsutil import commit_directory, sha256_file
+from engine.jobs.monitor import blocks_for, monitored
+from engine.jobs.spec import Job, job_fingerprint
 from engine.report import render_report
 from engine.jobs.gene_lists import gene_list_table
 from engine.jobs.planners import plan_analysis
@@ -214,13 +219,34 @@ def _quiet_zarr():
         yield
 
 
-def zarr_writes(planned: PlannedJob, store: Path) -> list:
-    """Create ``store`` (results.zarr) and return the lazy writes of every result into it."""
+def _zarr_chunks(result: xr.Dataset) -> xr.Dataset:
+    """``result`` with chunks Zarr can store: blocks split to fit the workers' memory
+    (``engine.store.cohort.gene_chunks``) can differ by a row, which Zarr refuses; results
+    hold a few numbers per gene, so such a dimension becomes one chunk (one task per variable
+    joins the blocks; evening them out would take several tasks per block)."""
+    uneven = {dim: -1 for var in result.variables.values()
+              for dim, sizes in zip(var.dims, var.chunks or ())
+              if len(set(sizes[:-1])) > 1 or (len(sizes) > 1 and sizes[-1] > sizes[0])}
+    return result.chunk(uneven) if uneven else result
+
+
+def _zarr_write(result: xr.Dataset, store: Path, group: str | None = None):
+    """The lazy write of one result into ``store`` (``group`` of it, or its root)."""
+    return _zarr_chunks(result).to_zarr(store, group=group, mode="w", zarr_format=3,
+                                        compute=False, consolidated=False)
+
+
+def _create_results_store(planned: PlannedJob, store: Path) -> None:
     with _quiet_zarr():
         zarr.open_group(store, mode="w", zarr_format=3).attrs["job"] = \
             planned.job.model_dump(mode="json")
-        return [result.to_zarr(store, group=name, mode="w", zarr_format=3, compute=False,
-                               consolidated=False) for name, result in planned.results.items()]
+
+
+def zarr_writes(planned: PlannedJob, store: Path) -> list:
+    """Create ``store`` (results.zarr) and return the lazy writes of every result into it."""
+    _create_results_store(planned, store)
+    with _quiet_zarr():
+        return [_zarr_write(result, store, name) for name, result in planned.results.items()]
 
 
 def write_results(planned: PlannedJob, directory: Path, *, cluster: dict, started, t0: float,
@@ -284,16 +310,96 @@ def write_results(planned: PlannedJob, directory: Path, *, cluster: dict, starte
     return written_tables
 
 
+@contextlib.contextmanager
+def computing(client: Client, objects: list, show_progress: bool):
+    """Compute ``objects`` in one graph; yields an iterator of ``(index, future)`` in the
+    order they finish, failed ones included. On leaving the block, whatever is left is
+    cancelled and the tasks still running are waited for (so none writes into a temporary
+    folder after it is removed)."""
+    futures = client.compute(list(objects))
+    index = {f.key: i for i, f in enumerate(futures)}
+    bar = None
+    if show_progress:
+        bar = threading.Thread(target=progress, args=(futures,), daemon=True)
+        bar.start()
+    try:
+        yield ((index[f.key], f) for f in as_completed(futures))
+    finally:
+        client.cancel(futures)
+        if any(f.status != "finished" for f in futures):
+            wait_until_idle(client)
+        if bar is not None:
+            bar.join(timeout=5)
+            print(file=sys.stderr)
+
+
+def staging_directory(job: Job, fingerprint: str) -> Path:
+    """Where a run of ``job`` collects its results before the rename that commits them:
+    ``.<output>.partial-<fingerprint>`` beside the output, the same for every run of the same
+    job on the same data, so a run that was interrupted is resumed there. Staging folders of
+    other versions of the job are removed."""
+    output = job.output.absolute()
+    stage = output.with_name(f".{output.name}.partial-{fingerprint.removeprefix('sha256:')[:16]}")
+    for old in output.parent.glob(f".{glob.escape(output.name)}.partial-*"):
+        if old != stage:
+            shutil.rmtree(old, ignore_errors=True)
+    stage.mkdir(parents=True, exist_ok=True)
+    return stage
+
+
+def write_analyses(planned: PlannedJob, stage: Path, client: Client,
+                   show_progress: bool = False) -> list[str]:
+    """Compute every result not yet in ``stage/results.zarr`` in one graph; each is written
+    to ``stage/pending/<name>`` and renamed into ``results.zarr/<name>`` as soon as its tasks
+    finish (the commit point of an analysis). Returns the names found already committed by an
+    earlier, interrupted run. If some analyses fail, the others still commit; then the first
+    error is raised."""
+    store, pending = stage / "results.zarr", stage / "pending"
+    shutil.rmtree(pending, ignore_errors=True)  # writes of an interrupted run
+    if not (store / "zarr.json").exists():
+        _create_results_store(planned, store)
+    done = [name for name in planned.results if (store / name / "zarr.json").exists()]
+    todo = [name for name in planned.results if name not in done]
+    with _quiet_zarr():
+        writes = [_zarr_write(planned.results[name], pending / name) for name in todo]
+    errors = []
+    with computing(client, writes, show_progress) as finished:
+        for i, future in finished:
+            if future.status == "finished":
+                os.rename(pending / todo[i], store / todo[i])
+            else:
+                errors.append(future.exception())
+    shutil.rmtree(pending, ignore_errors=True)
+    if errors:
+        raise errors[0]
+    return done
+
+
 def run_job(job: Job, client: Client, *, job_file: Path | None = None,
             show_progress: bool = False) -> Path:
-    """Run ``job`` on ``client``; return the results directory. See README: Results."""
+    """Run ``job`` on ``client``; return the results directory. See README: Results.
+
+    Each analysis's arrays are committed as soon as they are computed; a run that is
+    interrupted (killed, a worker lost beyond Dask's retries) is resumed by running the same
+    job again: it computes only the analyses not yet committed. The results directory itself
+    appears, complete, by one rename at the end."""
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.perf_counter()
     compute = computer(client, show_progress)
     _check_output(job.output)
-    planned = plan_results(job, compute)
-    with atomic_directory(job.output, overwrite=True) as tmp:
-        compute(*zarr_writes(planned, tmp / "results.zarr"))
-        write_results(planned, tmp, cluster=describe(client), started=started, t0=t0,
-                      job_file=job_file)
+    stage = staging_directory(job, job_fingerprint(job))
+    try:
+        with monitored(client, stage / "performance-report.html") as usage, \
+                blocks_for(client) as budget:
+            planned = plan_results(job, compute)
+            resumed = write_analyses(planned, stage, client, show_progress)
+    except BaseException:
+        if not any((stage / "results.zarr").glob("*/zarr.json")):
+            shutil.rmtree(stage, ignore_errors=True)  # nothing committed: nothing to resume
+        raise
+    write_results(planned, stage, cluster=describe(client), started=started, t0=t0,
+                  job_file=job_file, extra={"memory": {**(usage.get("memory") or {}),
+                                                       "block_budget_bytes": budget},
+                                            "resumed_analyses": resumed})
+    commit_directory(stage, job.output)
     return job.output

@@ -21,7 +21,8 @@ from engine.errors import InputError, preview
 from engine.genesets import collapse_probes, load_gene_sets, map_gene_sets
 from engine.jobs import setspec
 from engine.stats import multitest
-from engine.stats.features import as_delayed, feature_matrix, sample_annotation, MISSING_LABELS
+from engine.stats.features import (as_delayed, feature_matrix, named_task, sample_annotation,
+                                   MISSING_LABELS)
 from engine.stats.gsea import gsea_preranked
 from engine.stats.gsva import gsva_scores
 from engine.stats.ora import over_representation, select_genes
@@ -162,10 +163,12 @@ _ENRICHMENT_COLUMNS = {
 def _per_set_result(values, labels, columns: dict, attrs: dict, adjust: str,
                     membership) -> xr.Dataset:
     """Lazy per-set table from one delayed dict of numpy arrays (one task per analysis), or
-    from a dict of Dask arrays and plain values (each array taken whole as one input)."""
+    from a dict of Dask arrays and plain values (each array taken whole as one input). The
+    last task is ``<test>-table`` on the dashboard (``ora-table``)."""
     if isinstance(values, dict):
         values = {k: as_delayed(v) if isinstance(v, da.Array) else v for k, v in values.items()}
-    finished = dask.delayed(_finish, pure=True)(values, labels, adjust)
+    kind = attrs["test"].replace("_", "-")
+    finished = named_task(f"{kind}-table", _finish, values, labels, adjust)
     names = membership.names
     n = len(names)
     data = {c: xr.DataArray(da.from_delayed(finished[c], shape=(n,), dtype=dtype),
@@ -263,8 +266,10 @@ def plan_gsea_preranked(a: setspec.GseaPrerankedAnalysis, ds: xr.Dataset,
     # once per task that uses them (they are a few hundred KB)
     labels = dask.delayed(np.asarray(labels, dtype=object), pure=True)  # 3x smaller pickled
     if a.duplicates == "max_abs" and membership.match == "symbol":
-        statistic = dask.delayed(one_row_per_name, pure=True)(statistic, labels)
-    values = dask.delayed(gsea_preranked, pure=True)(
+        statistic = named_task("gsea-preranked-one-per-gene", one_row_per_name, statistic,
+                               labels)
+    values = named_task(
+        "gsea-preranked-enrichment", gsea_preranked,
         statistic, membership.index_lists(), permutations=a.permutations, seed=ctx.seed,
         key=analysis_key(a.name), weight=a.weight, multilevel=a.multilevel, eps=a.eps,
         sample_size=a.sample_size)
@@ -284,6 +289,9 @@ def plan_gsea_phenotype(a: setspec.GseaPhenotypeAnalysis, ds: xr.Dataset,
                             permutations=a.permutations, seed=ctx.seed,
                             key=analysis_key(a.name), weight=a.weight, exhaustive=a.exhaustive)
     labels = _labels(ds, membership, a)
+    # the per-set arrays only: the design's numbers (n_relabellings = C(n, n_case) has
+    # thousands of digits above ~14,000 samples, more than tokenize may print) are not inputs
+    result = {k: v for k, v in result.items() if isinstance(v, da.Array)}
     columns = dict(_ENRICHMENT_COLUMNS)
     columns["size"] = (np.int64, "members of the set among the cohort's genes without missing "
                                  "values")
@@ -333,16 +341,18 @@ def plan_ora(a: setspec.OraAnalysis, ds: xr.Dataset, ctx: Context) -> xr.Dataset
         if cols["p_value"].dims != ("gene",):
             raise InputError(f"genes_from: {g.analysis!r} tests {cols['p_value'].dims[-1]}s, "
                              "not genes")
-        table = dask.delayed(pd.DataFrame, pure=True)(
-            {c: as_delayed(v.data) for c, v in cols.items()})
-        selected = dask.delayed(select_genes, pure=True)(
+        table = named_task("ora-gene-table", pd.DataFrame,
+                           {c: as_delayed(v.data) for c, v in cols.items()})
+        selected = named_task(
+            "ora-select-genes", select_genes,
             table, p_adj_below=g.p_adj_below, p_value_below=g.p_value_below,
             effect_above=g.effect_above, abs_effect_above=g.abs_effect_above,
             direction=g.direction)
         universe = (np.ones(n, bool) if a.universe == "cohort"
-                    else dask.delayed(np.isfinite, pure=True)(as_delayed(cols["p_value"].data)))
-    values = dask.delayed(over_representation, pure=True)(
-        selected, universe, membership.index_lists(), names=membership.names)
+                    else named_task("ora-universe", np.isfinite,
+                                    as_delayed(cols["p_value"].data)))
+    values = named_task("ora-hypergeometric", over_representation,
+                        selected, universe, membership.index_lists(), names=membership.names)
     attrs = {"test": "ora", "universe": a.universe, **_set_attrs(a, membership)}
     return _per_set_result(values, labels, _ORA_COLUMNS, attrs, a.adjust, membership)
 

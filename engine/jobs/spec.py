@@ -6,19 +6,21 @@ a test fails when the committed schema and the models drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.errors import InputError
+from engine.fsutil import read_yaml_mapping, sha256_file
 from engine.jobs.base import (NAME_PATTERN, AdjustMethod, Analysis, Bootstrap, Confidence, Label,
                               Strict, Subset)
 from engine.jobs.clusterspec import ConsensusAnalysis
 from engine.jobs.gene_lists import GeneList, check_gene_lists
 from engine.jobs.prepspec import Step, check_steps
+from engine.store.fingerprint import store_fingerprint
 from engine.jobs.setspec import (SET_ANALYSES, GseaPhenotypeAnalysis, GseaPrerankedAnalysis,
                                  OraAnalysis, ScoreAnalysis, check_references)
 
@@ -343,19 +345,6 @@ def _format_errors(error: ValidationError, source: str) -> str:
     return f"invalid job {source}:\n  " + "\n  ".join(lines)
 
 
-def read_yaml_mapping(path: Path, what: str, keys: str) -> dict:
-    """The YAML mapping in ``path`` (a ``what`` file with keys such as ``keys``)."""
-    if not path.exists():
-        raise InputError(f"{what} file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"{what} file {path} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{what} file {path} must be a mapping of keys ({keys})")
-    return raw
-
-
 def load_job(path: str | Path) -> Job:
     """Read and validate a job file; relative paths in it become relative to its folder."""
     path = Path(path)
@@ -393,3 +382,31 @@ def job_json_schema() -> str:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "cohort-engine job"
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+#: analysis options that name files read by the job: fingerprinted by content, not by path
+FILE_KEYS = ("gene_sets", "ranking")
+
+
+def _file_digest(value: str) -> str | dict:
+    path = Path(value)
+    return {"file": path.name, "sha256": sha256_file(path)} if path.is_file() else value
+
+
+def job_fingerprint(job: Job) -> str:
+    """sha256 of the engine version, the resolved job (where it writes left out) with its
+    cohort replaced by the store's content fingerprint and the files it names by their
+    content: equal fingerprints compute equal results (a sweep skips a committed unit, an
+    interrupted job resumes). Raises InputError if the cohort store cannot be read."""
+    from engine import __version__
+
+    if not (job.cohort / "zarr.json").exists():
+        raise InputError(f"cohort store {job.cohort} does not exist (ingest it first)")
+    spec = job.model_dump(mode="json", exclude={"output", "derived"})
+    spec["cohort"] = store_fingerprint(job.cohort)
+    for analysis in spec["analyses"]:
+        for key in FILE_KEYS:
+            if isinstance(analysis.get(key), str):
+                analysis[key] = _file_digest(analysis[key])
+    text = json.dumps({"engine_version": __version__, "job": spec}, sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

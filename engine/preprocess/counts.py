@@ -39,6 +39,7 @@ from engine.preprocess.transforms import (
     as_matrix,
     column_quantiles,
     like,
+    named_task,
     per_gene,
     per_sample,
     per_sample_pass,
@@ -393,22 +394,25 @@ def norm_factors(counts: xr.DataArray, method: str = "TMM", *, lib_size=None,
         lib = data.sum(axis=0, dtype=np.float64)
     lib_d = _delayed_vector(lib)
     mask_d = _delayed_vector(data.map_blocks(all_zero_genes, drop_axis=1, dtype=bool,
-                                             meta=np.empty((0,), bool)))
+                                             meta=np.empty((0,), bool),
+                                             token="norm-factors-all-zero-genes"))
     if method == "RLE":
         gm_d = _delayed_vector(data.map_blocks(log_geometric_means, drop_axis=1,
-                                               dtype=np.float64, meta=np.empty((0,))))
+                                               dtype=np.float64, meta=np.empty((0,)),
+                                               token="rle-log-geometric-means"))
         raw = per_sample_pass(second_pass(data, gm_d, lib_d), _rle_task, {}, "rle-factor",
                               gm_d, lib_d, columns=True)
     elif method == "upperquartile":
         raw = per_sample_pass(second_pass(data, mask_d, lib_d), _quantile_task, {"p": p},
-                              "uq-factor", mask_d, lib_d, columns=True)
+                              "upper-quartile-factor", mask_d, lib_d,
+                              columns=True)
     else:
         if ref_index is None:
             stats = per_sample_pass(second_pass(data, mask_d), _reference_stats_task,
                                     {"method": method}, f"{method.lower()}-reference-stats",
                                     mask_d, fields=2)
-            ref_d = dask.delayed(_choose_reference, pure=True)(as_delayed(stats), lib_d,
-                                                               method)
+            ref_d = named_task(f"{method.lower()}-choose-reference", _choose_reference,
+                               as_delayed(stats), lib_d, method)
         else:
             ref_d = ref_index
         column = second_pass(data, ref_d).map_blocks(
@@ -445,7 +449,7 @@ def cpm(counts: xr.DataArray, *, lib_size=None, norm_factors=None, log: bool = F
     token = tokenize(data, effective, log, prior_count)
     out = second_pass(data, eff_d).map_blocks(
         _cpm_task, eff_d, log=bool(log), prior_count=prior_count, dtype=np.float32,
-        name=f"cpm-{token}")
+        name=f"cpm-transform-{token}")
     what = (f"edgeR cpm(log=TRUE, prior.count={prior_count:g}): log2 counts per million"
             if log else "edgeR cpm: counts per million")
     return like(counts, out, what + " of the effective library sizes (lib_size x norm_factors)")

@@ -228,8 +228,8 @@ def aggregate(ds: xr.Dataset, by: str, within: Sequence[str] = (), how: str = "m
     for name in floats + integers:
         var = ds[name]
         kind, dtype = ("sum", np.dtype(np.int64)) if name in integers else (how, var.dtype)
-        out[name] = xr.DataArray(_aggregate_columns(var, perm, starts, kind, dtype, "aggregate"),
-                                 dims=("gene", "sample"), attrs=dict(var.attrs))
+        values = _aggregate_columns(var, perm, starts, kind, dtype, "aggregate-samples")
+        out[name] = xr.DataArray(values, dims=("gene", "sample"), attrs=dict(var.attrs))
     kept, dropped = _group_annotations(ds, annotations, codes, perm[starts], "sample")
     out = out.assign(kept)
     out["n_aggregated"] = xr.DataArray(sizes.astype(np.float64), dims="sample", attrs={
@@ -305,7 +305,7 @@ def delta(ds: xr.Dataset, by: str, time: str, before, after) -> xr.Dataset:
         values = x.map_blocks(_difference_kernel, after=i_after, before=i_before,
                               out_dtype=var.dtype, dtype=var.dtype,
                               chunks=(x.chunks[0], (ids.size,)), meta=np.empty((0, 0), var.dtype),
-                              name=f"delta-{tokenize(x, i_after, i_before)}")
+                              name=f"delta-pairs-{tokenize(x, i_after, i_before)}")
         out[name] = xr.DataArray(values, dims=("gene", "sample"), attrs=dict(var.attrs))
     kept, dropped = {}, []
     for name in annotations:
@@ -431,13 +431,13 @@ def collapse(ds: xr.Dataset, by: str = "symbol", method: str = "max_mean", *,
             values = da.blockwise(_pick_kernel, "ij", rows, "ij", chooser, "ij", is_start, "i",
                                   method=method, out_dtype=dtype, adjust_chunks={"i": group_chunks},
                                   dtype=dtype, meta=np.empty((0, 0), dtype),
-                                  name=f"collapse-{name}-{tokenize(rows, token)}")
+                                  name=f"collapse-probes-{tokenize(rows, token)}")
         else:
             how = "sum" if integer else method
             values = da.blockwise(_rows_kernel, "ij", rows, "ij", is_start, "i", how=how,
                                   out_dtype=dtype, adjust_chunks={"i": group_chunks},
                                   dtype=dtype, meta=np.empty((0, 0), dtype),
-                                  name=f"collapse-{name}-{tokenize(rows, token)}")
+                                  name=f"collapse-probes-{tokenize(rows, token)}")
         out[name] = xr.DataArray(values, dims=("gene", "sample"), attrs=dict(var.attrs))
     group_of_probe = np.full(ds.sizes["gene"], -1)
     group_of_probe[with_label] = codes
@@ -459,7 +459,7 @@ def collapse(ds: xr.Dataset, by: str = "symbol", method: str = "max_mean", *,
         probe = da.blockwise(_probe_chunk, "i", chooser, "ij", is_start, "i", names, "i",
                              method=method, concatenate=True,
                              adjust_chunks={"i": group_chunks}, dtype=object,
-                             meta=np.empty((0,), object), name=f"collapse-probe-{token}")
+                             meta=np.empty((0,), object), name=f"collapse-probes-kept-{token}")
         out["probe"] = xr.DataArray(probe, dims="gene", attrs={
             "description": f"the probe kept ({method} of {variable}); '' when all its probes "
                            "are missing"})

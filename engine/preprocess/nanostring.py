@@ -272,15 +272,17 @@ def nanostring_factors(counts: xr.DataArray, code_class, *,
             if step == "background":
                 value = block.map_blocks(background_level, background, background_sd,
                                          drop_axis=0, dtype=np.float64,
-                                         meta=np.empty((0,), np.float64))
+                                         meta=np.empty((0,), np.float64),
+                                         token="nanostring-background")
             else:
                 method = positive if step == "positive" else housekeeping
                 summary = block.map_blocks(column_summary, method, drop_axis=0,
-                                           dtype=np.float64, meta=np.empty((0,), np.float64))
+                                           dtype=np.float64, meta=np.empty((0,), np.float64),
+                                           token=f"nanostring-{step}-summary")
                 # The one global step: the reference is the mean over all samples.
                 value = summary.rechunk(-1).map_blocks(
-                    relative_factors, dtype=np.float64,
-                    meta=np.empty((0,), np.float64)).rechunk((sample_chunks,))
+                    relative_factors, dtype=np.float64, meta=np.empty((0,), np.float64),
+                    token=f"nanostring-{step}-factors").rechunk((sample_chunks,))
             per_sample[step] = value
             controls = _apply_steps(controls, [(step, value[None, :])], background_floor)
 
@@ -388,17 +390,18 @@ def nanostring_qc(counts: xr.DataArray, code_class, samples, *,
     where = {i: k for k, i in enumerate(used)}
     log2_conc = np.log2(conc[conc >= linearity_min_concentration])
     r2 = controls[[where[i] for i in linear]].map_blocks(
-        linearity_r2, log2_conc, drop_axis=0, dtype=np.float64, meta=np.empty((0,), np.float64))
+        linearity_r2, log2_conc, drop_axis=0, dtype=np.float64, meta=np.empty((0,), np.float64),
+        token="nanostring-qc-linearity")
     lod = controls[[where[i] for i in neg]].map_blocks(
         background_level, "mean_sd", lod_sd, drop_axis=0, dtype=np.float64,
-        meta=np.empty((0,), np.float64))
+        meta=np.empty((0,), np.float64), token="nanostring-qc-detection-limit")
     pos_e_count = controls[where[pos_e[0]]]
 
     fov_count, fov_counted, density = (
         _sample_values(samples, counts, name)
         for name in ("fov_count", "fov_counted", "binding_density"))
     fov_ratio = da.map_blocks(_ratio, fov_counted, fov_count, dtype=np.float64,
-                              meta=np.empty((0,), np.float64))
+                              meta=np.empty((0,), np.float64), token="nanostring-qc-imaging")
     lo, hi = binding_density_range
     arrays = {
         "fov_ratio": (fov_ratio, "FovCounted / FovCount"),

@@ -57,7 +57,6 @@ bits.
 
 from __future__ import annotations
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -65,7 +64,7 @@ from dask.base import tokenize
 from threadpoolctl import threadpool_limits
 
 from engine.errors import InputError
-from engine.preprocess.transforms import as_matrix, second_pass
+from engine.preprocess.transforms import as_matrix, named_task, second_pass
 from engine.resample.rng import analysis_key, block_rng, check_seed
 
 __all__ = ["METHODS", "pca", "pca_outliers"]
@@ -279,13 +278,13 @@ def pca(x: xr.DataArray, *, n_components: int = 10, center: bool = True, scale: 
                               concatenate=True, adjust_chunks={"c": k + 1}, dtype=np.float64,
                               meta=np.empty((0, 0)), name=f"pca-loadings-{token}")
     else:
-        q = da.from_delayed(dask.delayed(_start_basis, pure=True)(seed, key, n, width),
+        q = da.from_delayed(named_task("pca-start-basis", _start_basis, seed, key, n, width),
                             shape=(n, width), dtype=np.float64, meta=np.empty((0, 0)))
         x_pass = first
         for j in range(power_iterations + 1):
-            z = summed(_normal_product, x_pass, q, (n, width), f"power{j}")
+            z = summed(_normal_product, x_pass, q, (n, width), f"power-iteration-{j}")
             q = z.map_blocks(_orthonormal, dtype=np.float64, meta=np.empty((0, 0)),
-                             name=f"pca-orth{j}-{token}")
+                             name=f"pca-orthonormalize-{j}-{token}")
             x_pass = read(q)
         b = da.blockwise(_projection, "gc", x_pass, "gi", q, "ic", **opts, concatenate=True,
                          adjust_chunks={"c": width + 1}, dtype=np.float64,

@@ -33,7 +33,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from engine.errors import InputError
 from engine.stats import features
-from engine.stats.features import as_delayed, by_sample  # noqa: F401 (as_delayed: re-exported)
+from engine.stats.features import (  # noqa: F401 (as_delayed, named_task: re-exported)
+    as_delayed, by_sample, named_task)
 
 __all__ = [
     "SAMPLES_PER_BLOCK",
@@ -75,7 +76,7 @@ def log2(x: xr.DataArray, offset: float = 1.0) -> xr.DataArray:
     offset = _finite_number(offset, "log2 offset")
     data = as_matrix(x)
     out = data.map_blocks(_as_float32, fn=log2_block, kwargs={"offset": offset},
-                          dtype=np.float32, name=f"log2-{tokenize(data, offset)}")
+                          dtype=np.float32, name=f"log2-transform-{tokenize(data, offset)}")
     return like(x, out, f"log2(x + {offset:g}); NaN where x + offset <= 0")
 
 
@@ -194,7 +195,7 @@ def quantile_normalize(x: xr.DataArray) -> xr.DataArray:
         return like(x, data.astype(np.float32), QUANTILE_DESCRIPTION)
     token = tokenize(data)
     first = by_sample(data, SAMPLES_PER_BLOCK)
-    partials = [dask.delayed(quantile_target_partial, pure=True)(b)
+    partials = [named_task("quantile-target-partial", quantile_target_partial, b)
                 for b in first.to_delayed(optimize_graph=False).ravel()]
     target = dask.delayed(quantile_target, pure=True)(partials,
                                                        dask_key_name=f"quantile-target-{token}")
@@ -265,10 +266,10 @@ def upper_quartile(x: xr.DataArray, p: float = 0.75) -> xr.DataArray:
         return like(x, data.astype(np.float32), "upper-quartile scaled (empty)")
     token = tokenize(data, p)
     quantiles = as_delayed(per_sample_pass(data, _positive_quantile_task, {"p": p},
-                                           "uq-quantile"))
+                                           "upper-quartile-quantile"))
     scaled = second_pass(data, quantiles).map_blocks(
         _as_float32, quantiles, fn=upper_quartile_block, kwargs={}, dtype=np.float32,
-        name=f"uq-scale-{token}")
+        name=f"upper-quartile-scale-{token}")
     return like(x, scaled, f"upper-quartile scaled (each sample / its {p:g} quantile of values "
                            "above 0 x the mean of those quantiles)")
 
@@ -312,7 +313,7 @@ def zscore(x: xr.DataArray, ddof: int = 1) -> xr.DataArray:
         raise InputError(f"zscore ddof must be 0 or 1, got {ddof!r}")
     data = as_matrix(x)
     out = data.map_blocks(_as_float32, fn=zscore_block, kwargs={"ddof": int(ddof)},
-                          dtype=np.float32, name=f"zscore-{tokenize(data, ddof)}")
+                          dtype=np.float32, name=f"zscore-genes-{tokenize(data, ddof)}")
     return like(x, out, f"z-score per gene across samples (sd with n - {int(ddof)})")
 
 

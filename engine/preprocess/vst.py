@@ -92,7 +92,7 @@ def vst(counts: xr.DataArray, *, size_factors=None, fit_type: str = "parametric"
         dask_key_name=f"vst-trend-{token}")
     values = second_pass(data, trend).map_blocks(
         _vst_task, sf_d, trend, fit_type=fit_type, dtype=np.float32,
-        meta=np.empty((0, 0), np.float32), name=f"vst-{token}")
+        meta=np.empty((0, 0), np.float32), name=f"vst-transform-{token}")
     return like(counts, values, f"DESeq2 variance-stabilising transformation (log2 scale; "
                                 f"fit_type {fit_type!r}, {'blind' if blind else 'design'})")
 

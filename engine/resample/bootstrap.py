@@ -45,6 +45,7 @@ import numpy as np
 
 from engine.errors import InputError, preview
 from engine.resample import exact
+from engine.store.cohort import task_memory
 from engine.resample.intervals import (CI_METHODS, check_bootstrap_options, confidence_interval,
                                        order_statistics, replicate_interval)
 from engine.resample.rng import block_rng, check_seed
@@ -741,4 +742,5 @@ def bootstrap_mean_difference(x, case, control, units: ResampleUnits | None = No
                         name=name, case=np.asarray(case), control=np.asarray(control),
                         units=units, replicates=replicates, method=method, level=level,
                         seed=seed, key=key, kind=kind, fold_change_base=fold_change_base,
-                        paired=paired, memory_budget=memory_budget)
+                        paired=paired, memory_budget=task_memory(DEFAULT_MEMORY_BUDGET)
+                        if memory_budget is None else memory_budget)

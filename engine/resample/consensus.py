@@ -80,7 +80,6 @@ import math
 import warnings
 from collections.abc import Sequence
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -91,7 +90,7 @@ from scipy.stats import rankdata
 from engine.errors import InputError, preview
 from engine.resample.rclust import HCLUST_METHODS, cutree, hartigan_wong, hclust, kmeans_starts
 from engine.resample.rng import block_rng, check_seed
-from engine.stats.features import as_delayed
+from engine.stats.features import as_delayed, named_task
 
 try:  # scipy's C kernel behind hierarchy.cophenet, without its per-call validation (7x faster)
     from scipy.cluster._hierarchy import cophenetic_distances as _cophenetic_c
@@ -583,19 +582,21 @@ def consensus_cluster(x, *, seed: int, key: int, resamples: int = 1000, k_max: i
     if samples.shape != (n,):
         raise InputError(f"samples must name the {n} columns, got {samples.shape[0]} names")
 
+    # dashboard names: consensus-prepare, consensus-resample-block (the resampled clusterings),
+    # consensus-sum-counts (a tree sum), consensus-final (consensus matrices, CDF, classes)
     block = x.rechunk((-1, -1)).to_delayed().ravel()[0]
-    prepared = dask.delayed(_prepare, pure=True)(
-        block, center=center, distance=opts["distance"], algorithm=opts["algorithm"],
-        p_feature=opts["p_feature"], genes=genes)
+    prepared = named_task(
+        "consensus-prepare", _prepare, block, center=center, distance=opts["distance"],
+        algorithm=opts["algorithm"], p_feature=opts["p_feature"], genes=genes)
     n_blocks = math.ceil(opts["resamples"] / RESAMPLE_BLOCK)
     per_task = _task_blocks(n_blocks, opts["m"], blocks_per_task)
-    task = dask.delayed(_counts_task, pure=True)
-    parts = [task(prepared, tuple(range(s, min(s + per_task, n_blocks))), seed=seed, key=key,
-                  opts=opts) for s in range(0, n_blocks, per_task)]
-    total = dask.delayed(_sum_counts, pure=True)
+    parts = [named_task("consensus-resample-block", _counts_task, prepared,
+                        tuple(range(s, min(s + per_task, n_blocks))), seed=seed, key=key,
+                        opts=opts) for s in range(0, n_blocks, per_task)]
     while len(parts) > 1:
-        parts = [total(*parts[i:i + _SUM_FAN_IN]) for i in range(0, len(parts), _SUM_FAN_IN)]
-    result = dask.delayed(_finish, pure=True)(parts[0], final_linkage)
+        parts = [named_task("consensus-sum-counts", _sum_counts, *parts[i:i + _SUM_FAN_IN])
+                 for i in range(0, len(parts), _SUM_FAN_IN)]
+    result = named_task("consensus-final", _finish, parts[0], final_linkage)
 
     n_k, k_max = opts["k_max"] - 1, opts["k_max"]
     shapes = {"consensus": ((n_k, n, n), np.float64, ("k", "sample", "sample_b")),
@@ -718,7 +719,7 @@ def label_consensus(result: xr.Dataset, signature, *,
                          f"classes {n}")
     classes, signature = (as_delayed(v) if isinstance(v, da.Array) else v
                           for v in (classes, signature))
-    out = dask.delayed(_labels_per_k, pure=True)(classes, signature, names, prefix)
+    out = named_task("consensus-labels", _labels_per_k, classes, signature, names, prefix)
     fields = {"signature_score": ((n,), np.float64, ("sample",),
                                   "mean z-score of the signature's genes across the samples"),
               "consensus_label": ((n_k, n), object, ("k", "sample"),

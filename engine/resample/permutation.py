@@ -105,6 +105,7 @@ from dask.base import tokenize
 from scipy import special
 
 from engine.errors import InputError
+from engine.store.cohort import task_memory
 from engine.resample.exact import (exact_sums, grid_powers, half_bits, on_grid,
                                    sum_of_squares)
 from engine.resample.rng import analysis_key, block_rng, check_seed
@@ -233,6 +234,18 @@ def _design(test: str, n_case: int, n_control: int, permutations) -> _Design:
     return _Design(test, n_case, n_control, permutations)
 
 
+def _attribute_count(n: int) -> int | str:
+    """``n`` as an attribute: exact up to 2^53 (what every JSON reader keeps exactly), else
+    text in scientific notation ("1.241e+15049"; C(50000, 25000) has 15,050 digits, more than
+    Python converts to text by default)."""
+    if n <= 2**53:
+        return n
+    shift = max(n.bit_length() - 64, 0)  # the top 64 bits carry the precision
+    log10 = math.log10(n >> shift) + shift * math.log10(2)
+    exponent = math.floor(log10)
+    return f"{10 ** (log10 - exponent):.3f}e+{exponent}"
+
+
 def permutation_info(test: str, n_case: int, n_control: int, permutations: int) -> dict:
     """What the permutation test of a design is, for the result's attributes.
 
@@ -247,7 +260,7 @@ def permutation_info(test: str, n_case: int, n_control: int, permutations: int) 
     """
     d = _design(test, n_case, n_control, permutations)
     return {"permutation_type": "sign_flips" if d.paired else "labels",
-            "n_relabellings": d.n_relabellings, "exact": d.exact,
+            "n_relabellings": _attribute_count(d.n_relabellings), "exact": d.exact,
             "n_permutations": d.used, "p_perm_floor": d.floor(),
             "permutation_block": PERMUTATION_BLOCK}
 
@@ -283,8 +296,9 @@ def _all_signs(n_pairs: int, start: int, stop: int) -> np.ndarray:
 
 
 def _columns(d: _Design, start: int, stop: int, *, seed: int, key: int,
-             every: np.ndarray | None) -> np.ndarray:
-    """Labellings start..stop-1 (samples or pairs x (stop - start)): 0/1 labels or +1/-1 signs."""
+             every: np.ndarray | None, dtype=np.float64) -> np.ndarray:
+    """Labellings start..stop-1 (samples or pairs x (stop - start)): 0/1 labels or +1/-1 signs
+    (``dtype=bool``: random labels as bool, to save memory; signs and enumerations float64)."""
     if d.exact:
         if d.paired:
             return _all_signs(d.n_case, start, stop)
@@ -294,9 +308,11 @@ def _columns(d: _Design, start: int, stop: int, *, seed: int, key: int,
             return sign_flips(d.n_case, d.used, seed=seed, key=key, block=b)
     else:
         def draw(b):
-            return label_permutations(d.is_case, d.used, seed=seed, key=key, block=b)
+            return label_permutations(d.is_case, d.used, seed=seed, key=key, block=b,
+                                      dtype=dtype)
     first, last = start // PERMUTATION_BLOCK, (stop - 1) // PERMUTATION_BLOCK
-    blocks = np.concatenate([draw(b) for b in range(first, last + 1)], axis=1)
+    blocks = [draw(b) for b in range(first, last + 1)]
+    blocks = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
     offset = start - first * PERMUTATION_BLOCK
     return np.ascontiguousarray(blocks[:, offset:offset + stop - start])
 
@@ -569,28 +585,40 @@ def permutation_chunk(block, *, test: str, case, control, permutations: int, see
     every = relabellings(d.is_case) if d.exact and not d.paired else None
     k_rows = 4 if test == "welch" else 1
     super_genes, batch, tile = _tiles(n_genes, d, k_rows, memory_budget)
-    for g0 in range(0, n_genes, super_genes):
-        prepared = _PREPARE[test](values[g0:g0 + super_genes], d)
-        observed = _statistics(test, prepared, d.observed)[:, 0]
-        defined = ~np.isnan(observed)
-        threshold = np.abs(observed) * (1.0 - _TOLERANCE)
-        extreme = np.zeros(observed.size, np.int64)
-        for c0 in range(0, d.used, batch):
-            c1 = min(c0 + batch, d.used)
-            weights = _columns(d, c0, c1, seed=seed, key=key, every=every)
-            for t0 in range(0, observed.size, tile):
-                rows = slice(t0, t0 + tile)
-                stat = np.abs(_statistics(test, prepared.take(rows), weights))
-                extreme[rows] += (stat >= threshold[rows, None]).sum(axis=1)
-                stat[~defined[rows]] = np.nan
-                stat[np.isnan(stat)] = -np.inf
-                np.maximum(perm_max[c0:c1], stat.max(axis=0, initial=-np.inf),
-                           out=perm_max[c0:c1])
-        out = fields[g0:g0 + super_genes]
-        adjustment = 0 if d.exact else 1
-        out[:, 0] = np.where(defined, (extreme + adjustment) / (d.used + adjustment), np.nan)
-        out[:, 1] = np.where(defined, _floors(prepared, d), np.nan)
-        out[:, 3] = observed
+    observed = np.full(n_genes, np.nan)
+    extreme = np.zeros(n_genes, np.int64)
+    # Labellings are drawn once per block of PERMUTATION_BLOCK (random labels held as bool),
+    # the outer loop; the genes' prepared rows are remade for each block (a pass over the
+    # values, cheap next to the block's products). Sums are exact: any tiling, same bits.
+    for b0 in range(0, d.used, PERMUTATION_BLOCK):
+        b1 = min(b0 + PERMUTATION_BLOCK, d.used)
+        labels = _columns(d, b0, b1, seed=seed, key=key, every=every, dtype=bool)
+        for g0 in range(0, n_genes, super_genes):
+            genes = slice(g0, g0 + super_genes)
+            prepared = _PREPARE[test](values[genes], d)
+            if b0 == 0:
+                observed[genes] = _statistics(test, prepared, d.observed)[:, 0]
+                fields[genes, 1] = np.where(np.isnan(observed[genes]), np.nan,
+                                            _floors(prepared, d))
+            obs = observed[genes]
+            defined = ~np.isnan(obs)
+            threshold = np.abs(obs) * (1.0 - _TOLERANCE)
+            for c0 in range(b0, b1, batch):
+                c1 = min(c0 + batch, b1)
+                weights = np.asarray(labels[:, c0 - b0:c1 - b0], dtype=np.float64)
+                for t0 in range(0, obs.size, tile):
+                    rows = slice(t0, t0 + tile)
+                    stat = np.abs(_statistics(test, prepared.take(rows), weights))
+                    extreme[g0 + t0:g0 + t0 + stat.shape[0]] += \
+                        (stat >= threshold[rows, None]).sum(axis=1)
+                    stat[~defined[rows]] = np.nan
+                    stat[np.isnan(stat)] = -np.inf
+                    np.maximum(perm_max[c0:c1], stat.max(axis=0, initial=-np.inf),
+                               out=perm_max[c0:c1])
+    defined = ~np.isnan(observed)
+    adjustment = 0 if d.exact else 1
+    fields[:, 0] = np.where(defined, (extreme + adjustment) / (d.used + adjustment), np.nan)
+    fields[:, 3] = observed
     return fields, perm_max
 
 
@@ -648,17 +676,20 @@ def _maxt_block(fields, perm_max, *, exact):
 
 def permutation_columns(x, *, test: str, case, control, permutations: int, seed: int,
                         name: str, key: int | None = None, paired: bool | None = None,
-                        memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict[str, da.Array]:
+                        memory_budget: int | None = None) -> dict[str, da.Array]:
     """Lazy per-gene permutation test of the dask ``x`` (genes x samples, chunked along genes).
 
     Returns :data:`COLUMNS` as (genes,) dask arrays with ``x``'s gene chunks: ``p_perm``,
     ``p_perm_floor``, ``p_maxT`` (float64) and ``n_permutations`` (int64). ``key`` defaults to
-    ``analysis_key(name, "permutation")``; ``name`` also labels the tasks. ``paired`` (default:
-    from ``test``) must agree with the test. Building computes nothing. The graph: one task per
-    gene chunk returning the chunk's fields and its (B,) per-permutation maximum, a tree
-    maximum over the chunks, and one small task per chunk for p_maxT.
+    ``analysis_key(name, "permutation")``. ``paired`` (default: from ``test``) must agree with
+    the test. Building computes nothing. The graph: one task per gene chunk returning the
+    chunk's fields and its (B,) per-permutation maximum (``permutation-null-chunk`` on the
+    dashboard), a tree maximum over the chunks, and one small task per chunk for p_maxT
+    (``permutation-maxt``).
     """
     key = analysis_key(name, "permutation") if key is None else key
+    if memory_budget is None:  # the default, or less on workers with little memory
+        memory_budget = task_memory(DEFAULT_MEMORY_BUDGET)
     d, case, control = _check(test, case, control, permutations, seed, key)
     if paired is not None and bool(paired) != d.paired:
         raise InputError(f"test {test!r} is {'' if d.paired else 'not '}a paired test, but "
@@ -671,14 +702,13 @@ def permutation_columns(x, *, test: str, case, control, permutations: int, seed:
     kwargs = {"test": test, "case": case, "control": control, "permutations": d.permutations,
               "seed": int(seed), "key": int(key), "memory_budget": int(memory_budget)}
     token = tokenize(x, kwargs)
-    prefix = f"permutation-{name}"
     task = dask.delayed(_chunk_task, pure=True)
     fields, maxima = [], []
     # the blocks keep the array's own keys (no graph optimisation): each chunk is read once,
     # shared with the test's statistic and any other analysis of the graph
     blocks = x.to_delayed(optimize_graph=False)[:, 0]
     for i, (blk, rows) in enumerate(zip(blocks, x.chunks[0])):
-        part = task(blk, kwargs, dask_key_name=f"{prefix}-{token}-{i}")
+        part = task(blk, kwargs, dask_key_name=f"permutation-null-chunk-{token}-{i}")
         fields.append(da.from_delayed(part[0], shape=(rows, len(CHUNK_FIELDS)),
                                       dtype=np.float64))
         maxima.append(da.from_delayed(part[1], shape=(d.used,), dtype=np.float64))
@@ -686,6 +716,6 @@ def permutation_columns(x, *, test: str, case, control, permutations: int, seed:
     perm_max = da.stack(maxima).max(axis=0)
     p_maxt = da.blockwise(_maxt_block, "g", fields, "gf", perm_max, "b", dtype=np.float64,
                           concatenate=True, exact=d.exact,
-                          meta=np.empty((0,), np.float64), name=f"{prefix}-maxT-{token}")
+                          meta=np.empty((0,), np.float64), name=f"permutation-maxt-{token}")
     return {"p_perm": fields[:, 0], "p_perm_floor": fields[:, 1], "p_maxT": p_maxt,
             "n_permutations": fields[:, 2].astype(np.int64)}

@@ -49,6 +49,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from engine.errors import InputError
+from engine.store.cohort import task_memory
 from engine.resample.bootstrap import (
     DEFAULT_MEMORY_BUDGET,
     REPLICATE_BLOCK,
@@ -467,8 +468,11 @@ def key_for(options: BootstrapOptions, label: str, stratified: bool) -> int:
 
 
 def kernel_options(options: BootstrapOptions, key: int,
-                   memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict:
-    """The keyword arguments of ``bootstrap_statistic`` besides x, statistic and units."""
+                   memory_budget: int | None = None) -> dict:
+    """The keyword arguments of ``bootstrap_statistic`` besides x, statistic and units
+    (``memory_budget``: the default, or less on workers with little memory)."""
+    if memory_budget is None:
+        memory_budget = task_memory(DEFAULT_MEMORY_BUDGET)
     return {"replicates": int(options.replicates), "method": options.method,
             "level": float(options.level), "seed": int(options.seed), "key": int(key),
             "memory_budget": int(memory_budget)}

@@ -378,7 +378,7 @@ def ancova(ds: xr.Dataset, *, design: str, reference: Mapping[str, str] | None =
     n_fields = len(TERM_FIELDS) * len(tests) + len(CONTRAST_FIELDS) * plan.rows.shape[0]
     fields = map_features(
         y, ancova_kernel, n_fields,
-        name="ancova-" + tokenize(y.name, plan.design.matrix, tests, plan.rows, confidence),
+        name="ancova-fit-" + tokenize(y.name, plan.design.matrix, tests, plan.rows, confidence),
         design=plan.design.matrix, tests=tests, rows=plan.rows, confidence=confidence)
 
     def stacked(start: int, stride: int, count: int) -> da.Array:

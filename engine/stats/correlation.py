@@ -548,7 +548,7 @@ def correlation(ds: xr.Dataset, *, method: str, covariate: str | None = None,
         attrs |= sb.bootstrap_attrs(options, plan)
     width = len(fields)
     stacked = map_features(rows.data, _stratified, width * len(groups),
-                           name=f"correlation-{method}", method=method, y=y,
+                           name=f"{method}-correlation", method=method, y=y,
                            samples=samples, options=kernel_options, bootstrap=plans)
     columns = {f: [stacked[:, s * width + i] for s in range(len(groups))]
                for i, f in enumerate(fields)}

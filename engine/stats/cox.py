@@ -585,7 +585,7 @@ def cox(ds: xr.Dataset, *, time: str, event: str, event_value=None, split=None,
         fields += list(sb.BOOT_FIELDS)
     kernel = {"split": q, "ties": ties, "confidence": float(confidence)}
     width = len(fields)
-    stacked = map_features(rows.data, _stratified, width * len(groups), name="cox",
+    stacked = map_features(rows.data, _stratified, width * len(groups), name="cox-fit",
                            strata_args=strata_args, options=kernel, bootstrap=plans)
     columns = {f: [stacked[:, s * width + i] for s in range(len(groups))]
                for i, f in enumerate(fields)}

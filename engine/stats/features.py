@@ -126,7 +126,7 @@ def gene_row(ds: xr.Dataset, gene: str, variable: str = "expression"):
                          f"{preview(list(ids[:5]))})")
     row = ds[variable].data[hit[0]]
     if isinstance(row, da.Array):
-        return dask.delayed(np.asarray, pure=True)(as_delayed(row), dtype=np.float64)
+        return named_task("gene-row", np.asarray, as_delayed(row), dtype=np.float64)
     return np.asarray(row, dtype=np.float64)
 
 
@@ -138,6 +138,20 @@ def as_delayed(x: da.Array):
     itself: Dask then gives the array's whole graph fresh random keys (``ProhibitReuse``), so
     its work is neither shared nor deterministic."""
     return x.rechunk(-1).to_delayed(optimize_graph=False).ravel()[0]
+
+
+def named_task(name: str, fn: Callable, /, *args, nout: int | None = None, **kwargs):
+    """``dask.delayed(fn, pure=True)(*args, **kwargs)`` as one task keyed ``<name>-<token>``.
+
+    ``name`` (kebab case, e.g. ``gsea-phenotype-null``) is what the Dask dashboard shows for
+    the task; Dask itself would show the function's name. The token is ``tokenize`` of ``fn``
+    and every argument (a ``Delayed`` argument by its key), so the key is the same whenever
+    the same inputs are planned and differs when any input differs, as Dask's own key would.
+    Arguments follow ``dask.delayed``'s rules: pass Dask arrays through :func:`as_delayed`.
+    """
+    token = tokenize(fn, args, kwargs, nout)
+    return dask.delayed(fn, pure=True, nout=nout)(*args, dask_key_name=f"{name}-{token}",
+                                                  **kwargs)
 
 
 def map_features(x: da.Array, fn: Callable[..., np.ndarray], n_fields: int, /, *,
@@ -159,10 +173,11 @@ def _call(block, *, fn, kwargs):
 
 
 def adjust(p: da.Array, method: str = "BH") -> da.Array:
-    """Adjusted p-values of a lazy 1-D array: the one global step (a single 1-D task)."""
+    """Adjusted p-values of a lazy 1-D array: the one global step (a single 1-D task, shown
+    as ``p-adjust-<method>`` on the dashboard)."""
     fn = multitest.METHODS[method]
-    return p.rechunk(-1).map_blocks(fn, dtype=np.float64,
-                                    meta=np.empty((0,), np.float64)).rechunk(p.chunks)
+    return p.rechunk(-1).map_blocks(fn, dtype=np.float64, meta=np.empty((0,), np.float64),
+                                    token=f"p-adjust-{method.lower()}").rechunk(p.chunks)
 
 
 def stratified_result(columns: dict[str, list[da.Array]], features: Features,

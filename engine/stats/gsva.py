@@ -112,6 +112,11 @@ POISSON_TABLE_ELEMENTS = 2**24
 GAUSSIAN_PANEL_ROWS = 64
 #: Pair evaluations per density task (about a second of work): larger gene chunks are split.
 DENSITY_PAIRS_PER_TASK = 2**28
+#: At most this many density tasks (genes per task grow above the second of work instead), so
+#: the graph stays small enough for the dashboard: 20,000 genes x 50,000 samples would be
+#: one gene per task, and with the tasks that follow (usable rows, the by-sample rechunk)
+#: over 10^5 tasks.
+MAX_DENSITY_TASKS = 4096
 #: Elements per temporary array of the walk (members x samples of one batch of sets).
 WALK_BLOCK_ELEMENTS = 2**20
 
@@ -544,7 +549,8 @@ def gsva_scores(ds: xr.Dataset, membership, *, variable: str = "expression",
     runs on the store's gene chunks (every chunk holds all samples), then the densities are
     rechunked to all genes x blocks of ``samples_per_chunk`` samples (``by_sample``, the
     engine's one deliberate rechunk) for the walk; gene chunks holding more than about a second
-    of density work are split first. Building the result computes nothing;
+    of density work are split first (into at most ``MAX_DENSITY_TASKS`` tasks, the dashboard's
+    ``gsva-density``). Building the result computes nothing;
     values do not depend on the chunking of genes or samples nor on the scheduler.
     """
     kcdf = _check_kcdf(kcdf)
@@ -559,7 +565,8 @@ def gsva_scores(ds: xr.Dataset, membership, *, variable: str = "expression",
     # The density is O(samples^2) per gene: store chunks sized for reading (~100 MB) would be
     # minutes of work in one task at 1,000 samples, so they are split along genes (a split
     # moves no data and does not change any value).
-    genes_per_task = max(1, DENSITY_PAIRS_PER_TASK // max(1, n_samples * n_samples))
+    genes_per_task = max(1, DENSITY_PAIRS_PER_TASK // max(1, n_samples * n_samples),
+                         -(-x.shape[0] // MAX_DENSITY_TASKS))
     if x.shape[0] and max(x.chunks[0]) > genes_per_task:
         x = x.rechunk({0: genes_per_task})
     density = map_features(x, gene_density_block, n_samples, name="gsva-density", kcdf=kcdf)
@@ -572,7 +579,7 @@ def gsva_scores(ds: xr.Dataset, membership, *, variable: str = "expression",
     else:
         score = da.zeros((n_sets, 0), chunks=(n_sets, 0))
     usable = density[:, :1].map_blocks(_usable_task, drop_axis=1, dtype=bool,
-                                       meta=np.empty((0,), bool))
+                                       meta=np.empty((0,), bool), token="gsva-usable-genes")
     size = usable.rechunk(-1).map_blocks(
         _members_used, membership=m, chunks=((n_sets,),), dtype=np.int64,
         meta=np.empty((0,), np.int64), name=f"gsva-size-{token}")

@@ -286,10 +286,11 @@ def _fits(ds: xr.Dataset, model: Model, variable: str, features, name: str, opti
     return feats, fit, boot, plan
 
 
-def _t_interval(effect, se, df, level):
-    """effect -+ t_{(1 + level)/2, df} se (lazy)."""
+def _t_interval(effect, se, df, level, test: str):
+    """effect -+ t_{(1 + level)/2, df} se (lazy); the quantiles' tasks are named after
+    ``test`` (``limma-t-quantile``)."""
     half = df.map_blocks(lambda d: stats.t.ppf((1 + level) / 2, d), dtype=np.float64,
-                         meta=np.empty((0,), np.float64)) * se
+                         meta=np.empty((0,), np.float64), token=f"{test}-t-quantile") * se
     return effect - half, effect + half
 
 
@@ -299,7 +300,8 @@ def _with_bootstrap(columns: dict, order: list, descriptions: dict, attrs: dict,
     p_adj; returns the column order, descriptions and attributes."""
     if options is None:
         return order, descriptions, attrs
-    low, high = _t_interval(columns["effect"], columns["se"], columns[df_name], options.level)
+    low, high = _t_interval(columns["effect"], columns["se"], columns[df_name], options.level,
+                            attrs["test"])
     columns.update(boot, ci_low_t=low, ci_high_t=high)
     at = order.index("p_adj") + 1
     order = order[:at] + ["ci_low", "ci_high", "n_boot", "ci_low_t", "ci_high_t"] + order[at:]
@@ -322,7 +324,7 @@ def ols(ds: xr.Dataset, model: Model, *, variable: str = "expression", features=
     se = fit["stdev_unscaled"] * fit["sigma"]
     t = fit["effect"] / se
     p = t.map_blocks(lambda tb, db: 2 * stats.t.sf(np.abs(tb), db), fit["df_residual"],
-                     dtype=np.float64, meta=np.empty((0,), np.float64))
+                     dtype=np.float64, meta=np.empty((0,), np.float64), token="ols-p-value")
     columns = dict(fit, se=se, statistic=t, df=fit["df_residual"], p_value=p,
                    p_adj=adjust(p, adjust_method))
     order, descriptions, attrs = _with_bootstrap(

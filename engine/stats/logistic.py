@@ -536,7 +536,7 @@ def logistic(ds: xr.Dataset, *, outcome: str, event, reference=None, predictor_s
                 sb.kernel_options(options, sb.key_for(options, stratum.label,
                                                       stratify_by is not None)))
         x = rows.data[:, idx]
-        fitted = feat.map_features(x, _fit, n_kernel, name="logistic", **kwargs)
+        fitted = feat.map_features(x, _fit, n_kernel, name="logistic-fit", **kwargs)
         for f in fields:
             stacked[f].append(fitted[:, FIELDS.index(f)])
         stacked["p_adj"].append(feat.adjust(fitted[:, FIELDS.index("p_value")], adjust))

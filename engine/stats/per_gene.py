@@ -21,9 +21,10 @@ from engine.stats.features import (adjust, feature_matrix, map_features, result_
                                    sample_annotation)
 from engine.stats.twogroup import PAIRED_TESTS, RESULT_FIELDS, TESTS
 
-#: Name of each test's statistic, used in task names (``welch_t-expression``).
-PREFIX = {"welch": "welch_t", "student": "student_t", "paired_t": "paired_t",
-          "mann_whitney": "mann_whitney_u", "wilcoxon_signed_rank": "wilcoxon_signed_rank"}
+#: Dashboard name of each test's task per feature chunk (``welch-t-chunk``).
+TASK_NAMES = {"welch": "welch-t-chunk", "student": "student-t-chunk",
+              "paired_t": "paired-t-chunk", "mann_whitney": "mann-whitney-chunk",
+              "wilcoxon_signed_rank": "wilcoxon-signed-rank-chunk"}
 
 DESCRIPTIONS = {
     "effect": "mean(case) - mean(control); paired tests: mean of case - control differences",
@@ -116,7 +117,7 @@ def two_group_test(ds: xr.Dataset, *, test: str, group: str, case, control,
     design = two_group_design(ds, group=group, case=case, control=control, pair_by=pair_by)
     feats = feature_matrix(ds, variable=variable, features=features)
     stacked = map_features(feats.data, _two_groups, len(RESULT_FIELDS),
-                           name=f"{PREFIX[test]}-{variable}", kernel=TESTS[test],
+                           name=TASK_NAMES[test], kernel=TESTS[test],
                            case=design.case, control=design.control)
     out = {f: stacked[:, i] for i, f in enumerate(RESULT_FIELDS)}
     out["p_adj"] = adjust(out["p_value"], adjust_method)
@@ -192,7 +193,8 @@ def _bootstrap(ds, feats, design: TwoGroupDesign, *, test, group, pair_by, boots
         feats.data, design.case, design.control, units, replicates=bootstrap.replicates,
         method=bootstrap.method, level=bootstrap.level, seed=seed,
         key=analysis_key(name, "bootstrap"), kind=bootstrap.weights,
-        fold_change_base=fold_change_base, paired=paired, name=f"bootstrap-{name}")
+        fold_change_base=fold_change_base, paired=paired,
+        name=f"bootstrap-{bootstrap.method}-chunk")
     columns = {f: stacked[:, i] for i, f in enumerate(fields)
                if f not in ("effect", "fold_change")}  # the test's own columns are kept
     columns["n_boot"] = columns["n_boot"].astype(np.int64)

@@ -474,7 +474,7 @@ def single_sample_scores(ds: xr.Dataset, membership, *, method: str,
         score = xb.map_blocks(_ssgsea_task, membership=_shared(m), alpha=float(alpha),
                               dtype=np.float64,
                               meta=np.empty((0, 0), np.float64), chunks=((n_sets,), xb.chunks[1]),
-                              name=f"ssgsea-{token}")
+                              name=f"ssgsea-rank-walk-{token}")
         if normalize:
             score = _normalize_lazy(score, token)
         size = da.from_array(np.diff(m.indptr).astype(np.int64), chunks=-1)
@@ -543,6 +543,7 @@ def _member_scores(x: da.Array, m: sp.csr_matrix, method: str, signature: str,
     needs z, then combined per block of samples (zscore, signature) or per group of sets
     (PLAGE, whose SVD needs all samples)."""
     n_sets, n_samples = m.shape[0], x.shape[1]
+    kind = method.replace("_", "-")  # the tasks' names on the dashboard: zscore-standardize
     rows = np.unique(m.indices)
     sub = m[:, rows]
     sub.sort_indices()
@@ -551,15 +552,15 @@ def _member_scores(x: da.Array, m: sp.csr_matrix, method: str, signature: str,
         values, usable = xm, None  # float32 until the kernel: summed in float64
     else:
         values = xm.map_blocks(_standardize_task, complete=method == "plage", dtype=np.float64,
-                               meta=np.empty((0, 0)), name=f"standardize-{token}")
+                               meta=np.empty((0, 0)), name=f"{kind}-standardize-{token}")
         usable = values.map_blocks(_usable, drop_axis=1, dtype=np.float64,
-                                   meta=np.empty((0,)))
+                                   meta=np.empty((0,)), token=f"{kind}-usable-genes")
     if usable is None:
         size = da.from_array(np.diff(sub.indptr).astype(np.int64), chunks=-1)
     else:
         size = usable.rechunk(-1).map_blocks(
             _members_used, membership=_members_only(sub), chunks=((n_sets,),), dtype=np.int64,
-            meta=np.empty((0,), np.int64), name=f"set-size-{token}")
+            meta=np.empty((0,), np.int64), name=f"{kind}-set-size-{token}")
     if method == "plage":
         return _plage_lazy(values, sub, token), size
     if rows.size == 0:
@@ -572,7 +573,7 @@ def _member_scores(x: da.Array, m: sp.csr_matrix, method: str, signature: str,
             sub, None if weights is None else weights[:, rows])
     score = vb.map_blocks(_call_with_matrix, fn=fn, matrix=_shared(matrix), dtype=np.float64,
                           meta=np.empty((0, 0), np.float64), chunks=((n_sets,), vb.chunks[1]),
-                          name=f"{method}-{token}")
+                          name=f"{kind}-set-score-{token}")
     return score, size
 
 
@@ -592,7 +593,7 @@ def _plage_lazy(z: da.Array, sub: sp.csr_matrix, token: str) -> da.Array:
             part = zg.map_blocks(_call_numpy, fn=_plage_group, kwargs={"membership": local},
                                  dtype=np.float64, meta=np.empty((0, 0), np.float64),
                                  chunks=((group.size,), (n_samples,)),
-                                 name=f"plage-{tokenize(token, group)}")
+                                 name=f"plage-svd-{tokenize(token, group)}")
         parts.append(part)
         placed.append(group)
     if not parts:
@@ -621,6 +622,7 @@ def _call_with_matrix(block, *, fn, matrix):
 
 def _shared(matrix: sp.csr_matrix):
     """The membership as one graph key that every block task reads, instead of a copy inside
-    each task (a large library times thousands of sample blocks)."""
-    return dask.delayed(matrix, pure=True)
+    each task (a large library times thousands of sample blocks); ``gene-set-matrix`` on the
+    dashboard."""
+    return dask.delayed(matrix, pure=True, name=f"gene-set-matrix-{tokenize(matrix)}")
 

@@ -25,15 +25,13 @@ Conventions (R ``survival`` 3.5, the reference of the tests):
 
 from __future__ import annotations
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.base import tokenize
 from scipy import special
 
 from engine.errors import InputError, preview
-from engine.stats.features import MISSING_LABELS, as_delayed, sample_annotation
+from engine.stats.features import MISSING_LABELS, as_delayed, named_task, sample_annotation
 
 __all__ = [
     "CURVE_FIELDS",
@@ -407,8 +405,7 @@ def kaplan_meier(ds: xr.Dataset, *, time: str, event: str, event_value=None,
               "codes": None if codes is None else codes[idx], "split": q, "threshold": threshold,
               "n_groups": n_groups, "n_steps": n_steps, "confidence": float(confidence)}
     values = None if row is None else as_delayed(row[idx])
-    token = tokenize(None if row is None else row.name, idx, kwargs)
-    packed = dask.delayed(_packed_km, pure=True, name=f"kaplan-meier-{token}")(values, **kwargs)
+    packed = named_task("kaplan-meier-curves", _packed_km, values, **kwargs)
     packed = da.from_delayed(packed, shape=(n_groups, width), dtype=np.float64)
     curves = packed[:, :n_steps * len(CURVE_FIELDS)].reshape(n_groups, n_steps,
                                                               len(CURVE_FIELDS))

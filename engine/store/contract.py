@@ -75,6 +75,9 @@ COHORT_STORE = {
                           "(engine.store.content_digest; absent in stores written before it)",
         "appended": "cohort ingest --append: one entry per batch {at, engine_version, "
                     "samples_added, samples, sources, ingest_options}",
+        "simulation": "cohort simulate: {model_version, seed, spec (the simulation spec), "
+                      "planted_genes (per effect column), gene_sets {path, sha256, planted, "
+                      "null, size}}",
     },
 }
 

@@ -24,26 +24,26 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distributed import Client, as_completed
-from distributed.diagnostics.progressbar import progress
+from distributed import Client
 
 from engine.cluster import describe
 from engine.errors import InputError
 from engine.fsutil import commit_directory, remove_stale_temporaries, sha256_file, temporary_sibling
-from engine.jobs.runner import (PlannedJob, computer, plan_job, plan_results, wait_until_idle,
+from engine.jobs.monitor import blocks_for, monitored
+from engine.jobs.runner import (PlannedJob, computer, computing, plan_job, plan_results,
                                 write_results, zarr_writes)
 from engine.sweep.dataset import dataset_root, remove_unit_tables, write_unit_tables
 from engine.sweep.ledger import Ledger
 from engine.sweep.lock import output_lock
 from engine.store import open_cohort
-from engine.sweep.spec import Sweep, Unit, expand, unit_fingerprint
+from engine.jobs.spec import job_fingerprint
+from engine.sweep.spec import Sweep, Unit, expand
 
 #: test seam: seconds to sleep after each unit is committed (lets a test kill a run between
 #: commits); never set in normal use
@@ -118,7 +118,7 @@ def survey(sweep: Sweep, sweep_file: Path | None = None) -> list[Unit]:
     for u in units:
         if u.error is None:
             try:
-                u.fingerprint = unit_fingerprint(u.job)
+                u.fingerprint = job_fingerprint(u.job)
             except InputError as e:
                 u.error = str(e)
         if u.error is None:
@@ -176,7 +176,7 @@ def run_sweep(sweep: Sweep, client: Client, *, sweep_file: Path | None = None,
     from engine import __version__
 
     output = sweep.output
-    with output_lock(output, sweep=sweep.name), Ledger(output) as ledger:
+    with output_lock(output, sweep=sweep.name), Ledger(output) as ledger, blocks_for(client):
         ledger.mark_interrupted()
         _claim(output, sweep)
         _remove_leftovers(output)
@@ -210,13 +210,32 @@ def run_sweep(sweep: Sweep, client: Client, *, sweep_file: Path | None = None,
                                       for unit_id in retired])
             result.status.update(dict.fromkeys(retired, "retired"))
             runnable = [u for u in todo if u.id in planned]
-            result.tasks = _execute(runnable, planned, client, ledger, result, cluster,
-                                    sweep_file, show_progress)
+            with monitored(client, _run_folder(output, run_id) / REPORT) as usage:
+                result.tasks = _execute(runnable, planned, client, ledger, result, cluster,
+                                        sweep_file, show_progress)
+            _write_json(_run_folder(output, run_id) / "memory.json", usage.get("memory"))
         except BaseException as e:
             ledger.end_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
             raise
         ledger.end_run(run_id, "succeeded" if result.ok else "failed", tasks=result.tasks)
         return result
+
+
+#: Dask's performance report of each run: ``OUTPUT/runs/<run id>/performance-report.html``,
+#: beside ``memory.json`` (peak resident memory of every worker during the run)
+REPORT = "performance-report.html"
+
+
+def _run_folder(output: Path, run_id: int) -> Path:
+    folder = output / "runs" / str(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _write_json(path: Path, record) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _execute(units: list[Unit], planned: dict[str, PlannedJob], client: Client,
@@ -236,51 +255,39 @@ def _execute(units: list[Unit], planned: dict[str, PlannedJob], client: Client,
             writes.append(w)
             owner.append(u)
     tasks = len(set().union(*(w.__dask_graph__().keys() for w in writes)))
-    futures = client.compute(writes)
-    by_future = {f.key: u for f, u in zip(futures, owner)}
     remaining = Counter(u.id for u in owner)  # writes of each unit not yet finished
     for u in units:
         ledger.unit_status(result.run_id, u.id, "running")
-    bar = None
-    if show_progress:
-        bar = threading.Thread(target=progress, args=(futures,), daemon=True)
-        bar.start()
     pause = float(os.environ.get(PAUSE_AFTER_COMMIT, "0"))
     try:
-        for future in as_completed(futures):
-            u = by_future[future.key]
-            if result.status[u.id] == "failed":
-                continue
-            if future.status != "finished":
-                _fail(u, future.exception(), ledger, result)
-                continue
-            remaining[u.id] -= 1
-            if remaining[u.id]:
-                continue
-            try:
-                _commit(u, planned[u.id], tmp[u.id], output, cluster, started, t0, sweep_file)
-            except Exception as e:  # one unit's bad result must not stop the others
-                # some of its dataset files may be new: drop its result rather than mix them
-                remove_unit_tables(output, u.id)
-                shutil.rmtree(output / "units" / u.id, ignore_errors=True)
-                _fail(u, e, ledger, result)
-                continue
-            result.status[u.id] = "computed"
-            ledger.unit_status(result.run_id, u.id, "computed",
-                               wall_s=round(time.perf_counter() - t0, 3))
-            if pause:
-                time.sleep(pause)
+        with computing(client, writes, show_progress) as finished:
+            for i, future in finished:
+                u = owner[i]
+                if result.status[u.id] == "failed":
+                    continue
+                if future.status != "finished":
+                    _fail(u, future.exception(), ledger, result)
+                    continue
+                remaining[u.id] -= 1
+                if remaining[u.id]:
+                    continue
+                try:
+                    _commit(u, planned[u.id], tmp[u.id], output, cluster, started, t0,
+                            sweep_file)
+                except Exception as e:  # one unit's bad result must not stop the others
+                    # some of its dataset files may be new: drop its result rather than mix
+                    remove_unit_tables(output, u.id)
+                    shutil.rmtree(output / "units" / u.id, ignore_errors=True)
+                    _fail(u, e, ledger, result)
+                    continue
+                result.status[u.id] = "computed"
+                ledger.unit_status(result.run_id, u.id, "computed",
+                                   wall_s=round(time.perf_counter() - t0, 3))
+                if pause:
+                    time.sleep(pause)
     finally:
-        client.cancel(futures)
-        if any(f.status != "finished" for f in futures):
-            # a failed unit's other writes may still be running: none may write into its
-            # temporary folder after it is removed (cancelling does not stop a running task)
-            wait_until_idle(client)
         for path in tmp.values():  # committed units' folders were renamed away
             shutil.rmtree(path, ignore_errors=True)
-    if bar is not None:
-        bar.join(timeout=5)
-        print(file=sys.stderr)
     return tasks
 
 

@@ -9,7 +9,6 @@ the files it names (gene sets, rankings) and the engine version.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import os
@@ -21,17 +20,14 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from engine.errors import InputError
-from engine.fsutil import sha256_file
 from engine.jobs.base import NAME_PATTERN, Strict
 from engine.jobs.spec import Job, job_from_mapping, read_yaml_mapping
-from engine.store.fingerprint import store_fingerprint
 
 AXIS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z0-9_-]+))?\}")
 #: keys of the template that belong to the sweep, not to its units
 SWEEP_KEYS = ("output", "seed")
 #: files a job names whose content its results depend on
-FILE_KEYS = ("gene_sets", "ranking")
 
 Scalar = str | int | float
 
@@ -186,29 +182,6 @@ def expand(sweep: Sweep, base: Path) -> list[Unit]:
     if not units:
         raise InputError("the sweep's exclude entries leave no unit to run")
     return units
-
-
-def _file_digest(value: str) -> str | dict:
-    path = Path(value)
-    return {"file": path.name, "sha256": sha256_file(path)} if path.is_file() else value
-
-
-def unit_fingerprint(job: Job) -> str:
-    """sha256 of the engine version, the resolved job (where it writes left out) with its
-    cohort replaced by the store's content fingerprint and the files it names by their
-    content. Raises InputError if the cohort store cannot be read."""
-    from engine import __version__
-
-    if not (job.cohort / "zarr.json").exists():
-        raise InputError(f"cohort store {job.cohort} does not exist (ingest it first)")
-    spec = job.model_dump(mode="json", exclude={"output", "derived"})
-    spec["cohort"] = store_fingerprint(job.cohort)
-    for analysis in spec["analyses"]:
-        for key in FILE_KEYS:
-            if isinstance(analysis.get(key), str):
-                analysis[key] = _file_digest(analysis[key])
-    text = json.dumps({"engine_version": __version__, "job": spec}, sort_keys=True)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def sweep_json_schema() -> str:
