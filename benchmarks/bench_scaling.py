@@ -72,11 +72,11 @@ def run_once(job_file: Path, client: Client) -> tuple[float, float, Path]:
     from engine.jobs import load_job, run_job
 
     job = load_job(job_file)
-    client.get_task_stream()  # empties the stream
+    since = time.time()
     t = time.perf_counter()
     out = run_job(job, client)
     wall = time.perf_counter() - t
-    busy = sum(s["stop"] - s["start"] for task in client.get_task_stream()
+    busy = sum(s["stop"] - s["start"] for task in client.get_task_stream(start=since)
                for s in task["startstops"] if s["action"] == "compute")
     return wall, busy, out
 
