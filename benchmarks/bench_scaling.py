@@ -26,16 +26,14 @@ Dask's worker processes run one BLAS thread each (distributed's default
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import dask
 import pandas as pd
-from distributed import Client, LocalCluster
+from distributed import Client
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bench import closing_lines  # noqa: E402
@@ -86,12 +84,11 @@ def tables(out: Path) -> dict[str, pd.DataFrame]:
 
 
 def measure(n_workers: int, job_file: Path, repeats: int) -> dict:
-    from engine.cluster import MALLOC
+    from engine.cluster.deploy import local_cluster
 
-    with dask.config.set(MALLOC):
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None,
-                               silence_logs=logging.ERROR)
+    # as `cohort run --profile` starts it (malloc thresholds, loopback)
+    cluster = local_cluster(workers=n_workers, threads_per_worker=1,
+                            dashboard_address="127.0.0.1:0")
     with cluster, Client(cluster) as client:
         run_once(job_file, client)  # warm-up: imports and first reads on the workers
         runs = [run_once(job_file, client) for _ in range(repeats)]

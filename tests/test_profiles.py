@@ -432,7 +432,10 @@ def listening_hosts(port: int) -> set[str]:
             if c.laddr.port == port and c.status == psutil.CONN_LISTEN}
 
 
-def test_local_profile_starts_workers_with_its_memory_limit(tmp_path, capsys):
+def test_local_profile_starts_workers_with_its_memory_limit(tmp_path, capsys, monkeypatch):
+    # as an earlier LocalCluster in this process leaves it (distributed's nanny copies its
+    # settings into the environment, which then overrides the config of later nannies)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     path = write(tmp_path / "small.yaml", "kind: local\nworkers: 1\nthreads_per_worker: 1\n"
                  "memory_limit: 600MiB\ndashboard_address: 127.0.0.1:0\n")
     with dask_client(profile=path) as client:

@@ -8,6 +8,7 @@ says what to install.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -41,6 +42,27 @@ def malloc_config(memory_limit: int | None = None) -> dict:
                   for n in ("TRIM", "MMAP"))
     return {trim: min(MALLOC[trim], int(memory_limit) // 16),
             mmap: min(MALLOC[mmap], int(memory_limit) // 64)}
+
+
+@contextlib.contextmanager
+def pre_spawn_settings(config: dict):
+    """``config`` (``distributed.nanny.pre-spawn-environ.*``) for the nannies started in the
+    block. distributed lets this process's environment override that config, and a nanny
+    started in this process copies its values into the environment: after a first
+    LocalCluster, later ones would get its values. So the variables are set here too, and
+    restored afterwards."""
+    names = {key.rpartition(".")[2]: str(value) for key, value in config.items()}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        with dask.config.set(config):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -102,7 +124,7 @@ def local_cluster(*, workers: int | None = None, threads_per_worker: int | None 
     limit = None
     if memory_limit not in ("auto", None):
         limit = parse_bytes(memory_limit) if isinstance(memory_limit, str) else memory_limit
-    with dask.config.set(malloc_config(limit)):
+    with pre_spawn_settings(malloc_config(limit)):
         return LocalCluster(
             n_workers=n, threads_per_worker=threads, processes=processes,
             memory_limit=memory_limit, dashboard_address=dashboard_address,
@@ -113,16 +135,20 @@ def local_cluster(*, workers: int | None = None, threads_per_worker: int | None 
 
 def malloc_environment(memory_limit: int | None = None) -> str:
     """A shell line giving batch-job workers the engine's malloc thresholds for workers of
-    ``memory_limit`` bytes (``malloc_config``): the nanny on the compute node reads them from
-    the config that dask passes to its own subprocesses."""
+    ``memory_limit`` bytes (``malloc_config``): exported as the variables themselves and as the
+    config that dask passes to its own subprocesses, which the nanny on the compute node
+    reads."""
+    config = malloc_config(memory_limit)
     nested: dict = {}
-    for key, value in malloc_config(memory_limit).items():
+    for key, value in config.items():
         *path, leaf = key.split(".")
         node = nested
         for part in path:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return f"export DASK_INTERNAL_INHERIT_CONFIG={dask.config.serialize(nested)}"
+    # the variables themselves too: distributed lets the environment override the config
+    plain = " ".join(f"{key.rpartition('.')[2]}={value}" for key, value in config.items())
+    return f"export {plain} DASK_INTERNAL_INHERIT_CONFIG={dask.config.serialize(nested)}"
 
 
 def lifetime_arguments(profile: SlurmProfile | PBSProfile) -> list[str]:
