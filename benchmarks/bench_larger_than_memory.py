@@ -97,6 +97,9 @@ def run(client, store: Path, work: Path, name: str, analysis: str) -> dict:
     t = time.perf_counter()
     try:
         out = run_job(load_job(job), client)
+    except Exception as e:  # reported in the table: a failure is a result too
+        return {"wall": time.perf_counter() - t, "error": f"{type(e).__name__}: {e}"[:200],
+                "sampled": sampler.peak}
     finally:
         sampler.done.set()
         sampler.join()
@@ -138,23 +141,26 @@ def main() -> None:
         with dask_client(profile=profile, quiet=True) as client:
             bare = bare_read(client, store)
             print(f"bare read: {bare:.1f} s", flush=True)
-            results = {
-                "Welch t": run(client, store, work, "welch",
-                               "{name: welch, test: welch, group: group, case: case, "
-                               "control: control}"),
-                "ssGSEA (50 sets)": run(client, store, work, "ssgsea",
-                                        f"{{name: ssgsea, test: ssgsea, gene_sets: "
-                                        f"{store.with_suffix('.gmt')}}}"),
-            }
+            results = {}
+            for name, analysis in (
+                    ("Welch t", "{name: welch, test: welch, group: group, case: case, "
+                                "control: control}"),
+                    ("ssGSEA (50 sets)", f"{{name: ssgsea, test: ssgsea, gene_sets: "
+                                         f"{store.with_suffix('.gmt')}}}")):
+                results[name] = r = run(client, store, work, name.split()[0].lower(), analysis)
+                print(f"{name}: {r['wall']:.1f} s {r.get('error', '')}", flush=True)
         print(f"\nCohort {cohort.sizes['gene']:,} genes x {cohort.sizes['sample']:,} samples, "
               f"{format_bytes(size)} float32 ({size / (args.workers * limit):.1f}x the workers' "
               f"total limit); {args.workers} worker processes x 1 thread x "
-              f"{format_bytes(limit)}; block budget "
-              f"{format_bytes(next(iter(results.values()))['memory']['block_budget_bytes'])}")
+              f"{format_bytes(limit)}; block budget {format_bytes(limit // 16)}")
         print(f"{'step':<18} {'wall s':>7} {'/ bare read':>11} {'peak RSS (job)':>15} "
               f"{'peak RSS (sampled)':>19} {'of limit':>9} {'restarted':>10}")
         print(f"{'bare read':<18} {bare:>7.1f} {1:>10.1f}x")
         for name, r in results.items():
+            if "error" in r:
+                print(f"{name:<18} {r['wall']:>7.1f} failed: {r['error']} (sampled peak RSS "
+                      f"{format_bytes(max(r['sampled'].values()))})")
+                continue
             job_peak = r["memory"]["max_worker_peak_rss_bytes"]
             sampled = max(r["sampled"].values())
             print(f"{name:<18} {r['wall']:>7.1f} {r['wall'] / bare:>10.1f}x "

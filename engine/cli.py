@@ -136,6 +136,7 @@ def _run(job_path: Path, a) -> Path:
         out = run_job(job, client, job_file=job_path, show_progress=True)
     print(f"results: {out}  (tables *.tsv/*.parquet, results.zarr, provenance.json)")
     print(f"report:  {out / 'report.html'}")
+    print(f"dask:    {out / 'performance-report.html'}  (task stream, worker profiles)")
     return out
 
 
@@ -208,6 +209,9 @@ def run_sweep_file(path: Path, a, *, strict: bool = False) -> int:
         print(f"  {result.status[unit]}: {unit}: {error.splitlines()[0]}", file=sys.stderr)
     print(f"results: {sweep.output / 'dataset'}  (cohort query {sweep.output} --analysis NAME)")
     print(f"ledger:  cohort status {sweep.output}")
+    report = sweep.output / "runs" / str(result.run_id) / "performance-report.html"
+    if report.exists():
+        print(f"dask:    {report}  (task stream, worker profiles)")
     return 0 if result.ok else 1
 
 

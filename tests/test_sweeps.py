@@ -228,6 +228,13 @@ def test_rerun_computes_nothing(swept, cluster):
     last = runs.iloc[-1]
     assert last["status"] == "succeeded" and last["skipped"] == N_UNITS
     assert (units["status"] == "skipped").all()
+    # the first run saved Dask's performance report and its workers' peak memory; the no-op
+    # re-run, which computed nothing, saved neither
+    first = sweep.output / "runs" / str(runs.iloc[0]["run_id"])
+    assert "Dask Performance Report" in (first / "performance-report.html").read_text()
+    memory = json.loads((first / "memory.json").read_text())
+    assert memory["max_worker_peak_rss_bytes"] > 0 and memory["workers"]
+    assert not (sweep.output / "runs" / str(again.run_id)).exists()
 
 
 def test_cohort_change_recomputes_only_its_units(tmp_path, cluster):

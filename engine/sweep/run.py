@@ -210,10 +210,11 @@ def run_sweep(sweep: Sweep, client: Client, *, sweep_file: Path | None = None,
                                       for unit_id in retired])
             result.status.update(dict.fromkeys(retired, "retired"))
             runnable = [u for u in todo if u.id in planned]
-            with monitored(client, _run_folder(output, run_id) / REPORT) as usage:
-                result.tasks = _execute(runnable, planned, client, ledger, result, cluster,
-                                        sweep_file, show_progress)
-            _write_json(_run_folder(output, run_id) / "memory.json", usage.get("memory"))
+            if runnable:  # a run that computes nothing has nothing to report
+                with monitored(client, _run_folder(output, run_id) / REPORT) as usage:
+                    result.tasks = _execute(runnable, planned, client, ledger, result,
+                                            cluster, sweep_file, show_progress)
+                _write_json(_run_folder(output, run_id) / "memory.json", usage.get("memory"))
         except BaseException as e:
             ledger.end_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
             raise
