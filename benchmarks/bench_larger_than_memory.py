@@ -31,34 +31,14 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import dask
-import psutil
 from dask.utils import format_bytes, parse_bytes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bench import closing_lines  # noqa: E402
-
-
-class RssSampler(threading.Thread):
-    """Largest RSS of each process, sampled every 0.1 s."""
-
-    def __init__(self, pids):
-        super().__init__(daemon=True)
-        self.processes = {pid: psutil.Process(pid) for pid in pids}
-        self.peak = dict.fromkeys(pids, 0)
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.wait(0.1):
-            for pid, p in self.processes.items():
-                try:
-                    self.peak[pid] = max(self.peak[pid], p.memory_info().rss)
-                except psutil.NoSuchProcess:
-                    pass
 
 
 def simulate(path: Path, genes: int, samples: int, chunk_genes: int) -> float:
@@ -88,11 +68,12 @@ def bare_read(client, store: Path) -> float:
 
 def run(client, store: Path, work: Path, name: str, analysis: str) -> dict:
     from engine.jobs import load_job, run_job
+    from engine.jobs.monitor import RssSampler
 
     job = work / f"{name}.yaml"
     job.write_text(f"cohort: {store}\noutput: {work / name}\nseed: 1\nanalyses:\n  - {analysis}\n")
     pids = list(client.run(os.getpid).values())
-    sampler = RssSampler(pids)
+    sampler = RssSampler(pids, interval=0.1)
     sampler.start()
     t = time.perf_counter()
     try:

@@ -28,6 +28,14 @@ def _cluster_options(p: argparse.ArgumentParser) -> None:
                         "or a .yaml path")
 
 
+def _client(a):
+    """The Dask client the cluster options of ``a`` ask for (engine.cluster.dask_client)."""
+    from engine.cluster import dask_client
+
+    return dask_client(a.scheduler, workers=a.workers, processes=not a.threads,
+                       profile=a.profile)
+
+
 APPEND_REFUSES = (("--genes", "genes"), ("--scale", "scale"), ("--chunk-genes", "chunk_genes"),
                   ("--overwrite", "overwrite"))
 
@@ -127,12 +135,10 @@ def cmd_info(a) -> None:
 
 
 def _run(job_path: Path, a) -> Path:
-    from engine.cluster import dask_client
     from engine.jobs import load_job, run_job
 
     job = load_job(job_path)
-    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads,
-                     profile=a.profile) as client:
+    with _client(a) as client:
         out = run_job(job, client, job_file=job_path, show_progress=True)
     print(f"results: {out}  (tables *.tsv/*.parquet, results.zarr, provenance.json)")
     print(f"report:  {out / 'report.html'}")
@@ -145,7 +151,6 @@ def cmd_run(a) -> None:
 
 
 def cmd_preprocess(a) -> None:
-    from engine.cluster import dask_client
     from engine.jobs import load_job
     from engine.jobs.monitor import blocks_for
     from engine.jobs.runner import computer, prepare_job
@@ -153,9 +158,7 @@ def cmd_preprocess(a) -> None:
     job = load_job(a.job)
     if not job.preprocess:
         raise InputError(f"job {a.job} has no preprocess steps")
-    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads,
-                     profile=a.profile) as client, \
-            blocks_for(client):
+    with _client(a) as client, blocks_for(client):
         prepared = prepare_job(job, computer(client, show_progress=True))
     for variant, p in prepared.items():
         print(f"{variant or 'main'}: {p.path} ({'reused' if p.reused else 'written'})")
@@ -194,13 +197,11 @@ def cmd_demo(a) -> None:
 def run_sweep_file(path: Path, a, *, strict: bool = False) -> int:
     """Run a sweep file once (``cohort sweep``; each firing of ``cohort schedule``); returns
     the exit status: 0, or 1 when a unit failed or was invalid."""
-    from engine.cluster import dask_client
     from engine.sweep.run import run_sweep
     from engine.sweep.spec import load_sweep
 
     sweep, _ = load_sweep(path)
-    with dask_client(a.scheduler, workers=a.workers, processes=not a.threads,
-                     profile=a.profile) as client:
+    with _client(a) as client:
         result = run_sweep(sweep, client, sweep_file=path, show_progress=True, strict=strict)
     counts = ", ".join(f"{result.count(s)} {s}" for s in
                        ("computed", "skipped", "failed", "invalid", "retired"))

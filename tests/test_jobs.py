@@ -170,18 +170,24 @@ def _fail_first_then_slow(case, control):
     return welch_t(case, control)
 
 
+def _run_with_a_failing_chunk(job_file, client, monkeypatch) -> None:
+    """Run the job while its Welch test fails on the first chunk (the paired test succeeds)."""
+    from engine.stats import twogroup
+
+    _CALLS.clear()
+    with monkeypatch.context() as m:
+        m.setitem(twogroup.TESTS, "welch", _fail_first_then_slow)
+        with pytest.raises(MemoryError):
+            run_job(load_job(job_file), client)
+
+
 def test_failure_during_compute_leaves_no_output(job_dir, client, monkeypatch):
     """One chunk fails at once while another is still computing: that one's write lands after
     the failure is seen, and must not leave a half-written output or temporary directory."""
     import time
 
-    from engine.stats import twogroup
-
-    _CALLS.clear()
-    monkeypatch.setitem(twogroup.TESTS, "welch", _fail_first_then_slow)
     job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\n" + ANALYSES)
-    with pytest.raises(MemoryError):
-        run_job(load_job(job_file), client)
+    _run_with_a_failing_chunk(job_file, client, monkeypatch)
     time.sleep(1.0)  # anything still running would have written by now
     assert len(_CALLS) > 1
     assert not (job_dir / "out").exists()
@@ -195,14 +201,8 @@ def test_failure_during_compute_leaves_no_output(job_dir, client, monkeypatch):
 def test_an_interrupted_job_resumes_where_it_stopped(job_dir, client, monkeypatch):
     """A run that fails after some analyses were committed: the next run of the same job
     computes only the others, and its results equal those of one clean run."""
-    from engine.stats import twogroup
-
-    _CALLS.clear()
     job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\n" + ANALYSES)
-    with monkeypatch.context() as m:
-        m.setitem(twogroup.TESTS, "welch", _fail_first_then_slow)
-        with pytest.raises(MemoryError):
-            run_job(load_job(job_file), client)
+    _run_with_a_failing_chunk(job_file, client, monkeypatch)
     out = run_job(load_job(job_file), client)
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["resumed_analyses"] == ["paired"]
@@ -218,14 +218,8 @@ def test_an_interrupted_job_resumes_where_it_stopped(job_dir, client, monkeypatc
 def test_a_changed_job_does_not_resume_an_older_one(job_dir, client, monkeypatch):
     """The staging folder is named by the job's fingerprint: another seed, options or data
     start afresh, and the older partial results are removed."""
-    _CALLS.clear()
-    from engine.stats import twogroup
-
     job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\n" + ANALYSES)
-    with monkeypatch.context() as m:
-        m.setitem(twogroup.TESTS, "welch", _fail_first_then_slow)
-        with pytest.raises(MemoryError):
-            run_job(load_job(job_file), client)
+    _run_with_a_failing_chunk(job_file, client, monkeypatch)
     old, = job_dir.glob(".out.partial-*")
     job_file = write_job(job_dir, "cohort: c.zarr\noutput: out\nseed: 5\n" + ANALYSES)
     out = run_job(load_job(job_file), client)

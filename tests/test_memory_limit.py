@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 import numpy as np
-import psutil
 import pytest
 
 from engine.cluster import dask_client
 from engine.jobs import load_job, run_job
+from engine.jobs.monitor import RssSampler
 from engine.store import open_cohort
 from engine.store.simulate import simulate_cohort
 from engine.store.simulate_spec import parse_spec
@@ -21,24 +20,6 @@ from engine.store.simulate_spec import parse_spec
 # is ~230 MB of it; smaller limits leave a worker paused at 80% most of the time)
 WORKERS, LIMIT = 2, 600 * 2**20
 GENES, SAMPLES = 12_600, 50_000  # float32: 2.52e9 bytes, 2.0x the workers' total limit
-
-
-class RssSampler(threading.Thread):
-    """The largest resident set size of each process, sampled every 50 ms from outside."""
-
-    def __init__(self, pids):
-        super().__init__(daemon=True)
-        self.processes = {pid: psutil.Process(pid) for pid in pids}
-        self.peak = dict.fromkeys(pids, 0)
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.wait(0.05):
-            for pid, p in self.processes.items():
-                try:
-                    self.peak[pid] = max(self.peak[pid], p.memory_info().rss)
-                except psutil.NoSuchProcess:  # a worker that died: the test fails on its pid
-                    pass
 
 
 @pytest.mark.slow

@@ -19,8 +19,6 @@ from __future__ import annotations
 import copy
 import gzip
 import json
-import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -28,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from engine.errors import InputError, preview
+from engine.fsutil import write_text_atomic
 
 DATA_DIR = Path(str(resources.files("engine.genesets") / "data"))
 FILE_SUFFIXES = (".gmt", ".gmx", ".gmt.gz", ".gmx.gz")
@@ -137,15 +136,7 @@ def write_gmt(sets: Iterable[GeneSet], path: str | Path) -> Path:
             raise InputError(f"gene set {s.name!r} appears twice (set names must be unique)")
         seen.add(s.name)
         lines.append("\t".join(fields) + "\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, "".join(lines))
     return path
 
 

@@ -19,10 +19,12 @@ import logging
 import os
 import resource
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import dask
+import psutil
 from distributed import Client, performance_report
 
 from engine.store.cohort import MAX_BLOCK_BYTES
@@ -59,10 +61,6 @@ def _worker_peak(dask_worker) -> dict:
             "pid": os.getpid()}
 
 
-def _reset_worker_peak(dask_worker) -> str:
-    return reset_peak_rss()
-
-
 def peak_memory(client: Client, since: dict[str, str]) -> dict:
     """Peak resident memory of every worker process (and this client process) since
     ``reset_peaks``; a worker that joined later (e.g. restarted after a loss) counts from its
@@ -82,7 +80,7 @@ def reset_peaks(client: Client) -> dict[str, str]:
     """Reset the high-water marks of every worker and of this process; returns, by worker
     address, from when each will count."""
     reset_peak_rss()
-    return client.run(_reset_worker_peak)
+    return client.run(reset_peak_rss)
 
 
 @contextlib.contextmanager
@@ -128,3 +126,24 @@ def blocks_for(client: Client) -> Iterator[int | None]:
     budget = block_budget(client)
     with dask.config.set({MAX_BLOCK_BYTES: budget}):
         yield budget
+
+
+class RssSampler(threading.Thread):
+    """The largest resident set size of each of ``pids``, read from outside every
+    ``interval`` seconds until ``done`` is set (a check of ``peak_memory``'s own record, for
+    tests and benchmarks; a process that has exited keeps its last reading)."""
+
+    def __init__(self, pids, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.processes = {pid: psutil.Process(pid) for pid in pids}
+        self.peak = dict.fromkeys(pids, 0)
+        self.interval = interval
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(self.interval):
+            for pid, p in self.processes.items():
+                try:
+                    self.peak[pid] = max(self.peak[pid], p.memory_info().rss)
+                except psutil.NoSuchProcess:
+                    pass

@@ -151,16 +151,13 @@ def computer(client: Client, show_progress: bool):
     """Compute lazy objects on ``client`` (progress bar on the CLI); on failure, cancel and
     wait for running tasks so none writes into a temporary directory after it is removed."""
     def compute(*objects):
-        futures = client.compute(list(objects))
-        try:
-            if show_progress:
-                progress(futures)
-                print(file=sys.stderr)
+        futures = [None] * len(objects)
+        with computing(client, objects, show_progress) as finished:
+            for i, future in finished:
+                if future.status != "finished":
+                    future.result()  # raises the task's error
+                futures[i] = future
             return client.gather(futures)
-        except BaseException:
-            client.cancel(futures)
-            wait_until_idle(client)
-            raise
     return compute
 
 

@@ -24,7 +24,7 @@ def _plain(var: xr.Variable) -> xr.Variable:
 
 #: Dask configuration key: the largest (gene, sample) block a task may read, in bytes as
 #: float64. The runner sets it from the workers' memory limit (``engine.jobs.monitor.
-#: chunk_budget``); unset, tasks read the store's own chunks.
+#: blocks_for``); unset, tasks read the store's own chunks.
 MAX_BLOCK_BYTES = "cohort-engine.max-block-bytes"
 
 

@@ -34,7 +34,8 @@ from distributed import Client
 
 from engine.cluster import describe
 from engine.errors import InputError
-from engine.fsutil import commit_directory, remove_stale_temporaries, sha256_file, temporary_sibling
+from engine.fsutil import (commit_directory, remove_stale_temporaries, sha256_file,
+                           temporary_sibling, write_text_atomic)
 from engine.jobs.monitor import blocks_for, monitored
 from engine.jobs.runner import (PlannedJob, computer, computing, plan_job, plan_results,
                                 write_results, zarr_writes)
@@ -211,10 +212,13 @@ def run_sweep(sweep: Sweep, client: Client, *, sweep_file: Path | None = None,
             result.status.update(dict.fromkeys(retired, "retired"))
             runnable = [u for u in todo if u.id in planned]
             if runnable:  # a run that computes nothing has nothing to report
-                with monitored(client, _run_folder(output, run_id) / REPORT) as usage:
+                folder = output / "runs" / str(run_id)
+                folder.mkdir(parents=True, exist_ok=True)
+                with monitored(client, folder / REPORT) as usage:
                     result.tasks = _execute(runnable, planned, client, ledger, result,
                                             cluster, sweep_file, show_progress)
-                _write_json(_run_folder(output, run_id) / "memory.json", usage.get("memory"))
+                write_text_atomic(folder / "memory.json",
+                                  json.dumps(usage.get("memory"), indent=2) + "\n")
         except BaseException as e:
             ledger.end_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
             raise
@@ -225,18 +229,6 @@ def run_sweep(sweep: Sweep, client: Client, *, sweep_file: Path | None = None,
 #: Dask's performance report of each run: ``OUTPUT/runs/<run id>/performance-report.html``,
 #: beside ``memory.json`` (peak resident memory of every worker during the run)
 REPORT = "performance-report.html"
-
-
-def _run_folder(output: Path, run_id: int) -> Path:
-    folder = output / "runs" / str(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _write_json(path: Path, record) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _execute(units: list[Unit], planned: dict[str, PlannedJob], client: Client,
